@@ -1,0 +1,1 @@
+"""Agents that act in DeepVerse worlds: SB3 training in imagination, planners, evaluation."""
