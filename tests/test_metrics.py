@@ -1,0 +1,70 @@
+"""Metrics and baselines on cases with known answers."""
+import math
+
+import torch
+
+from world_model import metrics as M
+
+
+def test_psnr_ssim_known_values():
+    a = torch.full((2, 8, 8, 3), 100, dtype=torch.uint8)
+    b = a.clone()
+    b[0] += 10  # MSE = (10/255)^2 on frame 0
+    p = M.psnr(b, a)
+    assert math.isclose(float(p[0]), 20 * math.log10(255 / 10), rel_tol=1e-5)
+    assert p[1] > 90
+    s = M.ssim(a, a)
+    assert s.shape == (2,) and torch.allclose(s, torch.ones(2), atol=1e-3)
+    noisy = (a.float() + 40 * torch.randn(2, 8, 8, 3)).clamp(0, 255).to(torch.uint8)
+    assert (M.ssim(noisy, a) < 0.9).all()
+
+
+def test_depth_and_camera_errors():
+    gt = torch.full((3, 4, 4, 1), 2.0)
+    pred = gt.clone()
+    pred[0] *= 1.1
+    pred[1, :2] = 3.0  # half the pixels off by 50 %
+    assert torch.allclose(M.depth_abs_rel(pred, gt), torch.tensor([0.1, 0.25, 0.0]))
+    assert torch.allclose(M.depth_delta(pred, gt), torch.tensor([1.0, 0.5, 1.0]))
+    a = torch.eye(4).expand(2, 4, 4).clone()
+    b = a.clone()
+    b[1, :3, :3] = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    b[1, :3, 3] = torch.tensor([3.0, 4.0, 0.0])
+    assert torch.allclose(M.rotation_error_deg(a, b), torch.tensor([0.0, 90.0]), atol=1e-4)
+    assert torch.allclose(M.translation_error(a, b), torch.tensor([0.0, 5.0]))
+
+
+def test_copy_last_frame_shapes():
+    last = {"rgb": torch.zeros(2, 5, 6, 3), "depth": torch.ones(2, 5, 6, 1), "pose": torch.eye(4).expand(2, 4, 4)}
+    out = M.copy_last_frame(last, 3)
+    assert out["rgb"].shape == (2, 3, 5, 6, 3) and out["pose"].shape == (2, 3, 4, 4)
+
+
+def test_warp_identity_and_one_pixel_shift():
+    H, W = 6, 8
+    rgb = torch.randint(0, 256, (1, H, W, 3), dtype=torch.uint8)
+    depth = torch.full((1, H, W, 1), 2.0)
+    K = torch.tensor([[10.0, 0, (W - 1) / 2], [0, 10.0, (H - 1) / 2], [0, 0, 1]])[None]
+    c2w = torch.eye(4)[None]
+    target = torch.eye(4).repeat(1, 2, 1, 1)
+    target[0, 1, 0, 3] = 0.2  # camera moves right by fx * 0.2 / 2 = 1 pixel of parallax
+    out, d, hit = M.warp_with_true_motion(rgb, depth, K, c2w, target)
+    assert torch.equal(out[0, 0], rgb[0]) and hit[0, 0].all()
+    assert torch.equal(out[0, 1, :, : W - 1], rgb[0, :, 1:])  # content moved one pixel left
+    assert not hit[0, 1, :, W - 1].any() and torch.equal(out[0, 1, :, W - 1], rgb[0, :, W - 1])
+    assert torch.allclose(d[0, 1], depth[0])
+
+
+def test_warp_respects_occlusion():
+    """Of several source points landing on one target pixel, the nearest one wins."""
+    W = 5
+    rgb = torch.zeros(1, 1, W, 3, dtype=torch.uint8)
+    rgb[0, 0, 0] = torch.tensor([255, 0, 0])  # red, 1 m away
+    rgb[0, 0, 1] = torch.tensor([0, 255, 0])  # green, 2 m away, on the same line x = -2
+    depth = torch.tensor([1.0, 2.0, 10.0, 10.0, 10.0]).reshape(1, 1, W, 1)
+    K = torch.tensor([[[1.0, 0, 2.0], [0, 1.0, 0], [0, 0, 1]]])
+    target = torch.eye(4)[None, None].clone()
+    target[0, 0, 0, 3] = -2.0  # both points lie on this camera's optical axis: pixel u = cx = 2
+    out, d, hit = M.warp_with_true_motion(rgb, depth, K, torch.eye(4)[None], target)
+    assert hit[0, 0, 0, 2]
+    assert torch.equal(out[0, 0, 0, 2], rgb[0, 0, 0]) and float(d[0, 0, 0, 2, 0]) == 1.0
