@@ -58,6 +58,24 @@ def scale_intrinsics(K: Tensor, factor: int) -> Tensor:
     return K
 
 
+def unscale_intrinsics(K: Tensor, factor: int) -> Tensor:
+    """Inverse of ``scale_intrinsics``: intrinsics of the image that pooling by ``factor`` shrank.
+
+    Args:
+        K: (..., 3, 3) at the pooled resolution.
+    Returns:
+        (..., 3, 3) at full resolution: f * factor, c = (c' + 0.5) * factor - 0.5.
+    """
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"pooling factor must be a positive integer, got {factor!r}")
+    K = K.clone()
+    K[..., 0, 0] = K[..., 0, 0] * factor
+    K[..., 1, 1] = K[..., 1, 1] * factor
+    K[..., 0, 2] = (K[..., 0, 2] + 0.5) * factor - 0.5
+    K[..., 1, 2] = (K[..., 1, 2] + 0.5) * factor - 0.5
+    return K
+
+
 def _check_size(height: int, width: int) -> None:
     if int(height) != height or int(width) != width or height < 1 or width < 1:
         raise ValueError(f"image size must be positive integers, got height={height!r}, width={width!r}")

@@ -1,0 +1,224 @@
+"""The latent codecs of world_model.codec: shape contract, exact inverse, camera decode, causality, training."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation, Slerp
+
+from world_model import geometry as G
+from world_model.codec import (
+    CODEC_PRESETS,
+    CausalVAE,
+    CausalVAEConfig,
+    PixelCodec,
+    PixelCodecConfig,
+    build_codec,
+)
+
+# A VAE small enough for seconds on one core: 4x spatial, 2x temporal, 4 + 2 latent channels.
+SMALL = CausalVAEConfig(
+    spatial_factor=4, temporal_factor=2, rgb_latent_channels=4, depth_latent_channels=2,
+    width=8, channel_mult=(1, 2, 2),
+)
+
+
+def small_vae(**overrides) -> CausalVAE:
+    torch.manual_seed(0)
+    return CausalVAE(CausalVAEConfig(**{**SMALL.__dict__, **overrides}))
+
+
+def smooth_video(B: int, T: int, H: int, W: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-frequency rgb (B, T, 3, H, W) and depth (B, T, 1, H, W) in [-1, 1]: learnable by a tiny VAE."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(B * T, 4, 4, 4, generator=g) * 2 - 1
+    x = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)  # (B * T, 4, H, W)
+    x = x.reshape(B, T, 4, H, W)
+    return x[:, :, :3], x[:, :, 3:]
+
+
+def random_cameras(rng, T: int) -> torch.Tensor:
+    """(T, 4, 4) random poses."""
+    c2w = torch.eye(4).repeat(T, 1, 1)
+    c2w[:, :3, :3] = torch.tensor(Rotation.random(T, random_state=rng).as_matrix(), dtype=torch.float32)
+    c2w[:, :3, 3] = torch.tensor(rng.uniform(-3, 3, (T, 3)), dtype=torch.float32)
+    return c2w
+
+
+def inputs(codec, B: int, T: int, H: int, W: int, seed: int = 0):
+    rgb, depth = smooth_video(B, T, H, W, seed)
+    rng = np.random.default_rng(seed)
+    K = G.default_intrinsics(H, W).expand(B, T, 3, 3)
+    c2w = torch.stack([random_cameras(rng, T) for _ in range(B)])  # (B, T, 4, 4)
+    return rgb, depth, G.camera_to_raymap(K, c2w, H, W)
+
+
+CODECS = {
+    "vae": lambda: small_vae(),
+    "pixel": lambda: PixelCodec(PixelCodecConfig(spatial_factor=4, temporal_factor=2)),
+}
+
+
+@pytest.mark.parametrize("kind", CODECS)
+@pytest.mark.parametrize("T", [1, 3, 7])
+def test_shapes(kind, T):
+    codec = CODECS[kind]()
+    B, H, W = 2, 16, 24
+    with torch.no_grad():
+        latent = codec.encode(*inputs(codec, B, T, H, W))
+        assert latent.shape == (B, 1 + (T - 1) // 2, codec.latent_channels, H // 4, W // 4)
+        assert codec.latent_frames(T) == latent.shape[1] and codec.video_frames(latent.shape[1]) == T
+        out = codec.decode(latent)
+    assert out["rgb"].shape == (B, T, 3, H, W) and out["depth"].shape == (B, T, 1, H, W)
+    assert out["c2w"].shape == (B, T, 4, 4) and out["K"].shape == (B, T, 3, 3)
+    channels = list(range(codec.latent_channels))
+    assert channels[codec.rgb_slice] + channels[codec.depth_slice] + channels[codec.raymap_slice] == channels
+    assert len(channels[codec.raymap_slice]) == 6
+
+
+def test_presets_channels_and_sizes_on_meta():
+    counts = {}
+    for name in CODEC_PRESETS:
+        with torch.device("meta"):  # the paper VAE is counted, never allocated
+            codec = build_codec(name)
+        counts[name] = (codec.latent_channels, sum(p.numel() for p in codec.parameters()))
+    assert counts["tiny"][0] == 8 + 4 + 6 and counts["paper"][0] == 16 + 16 + 6
+    assert counts["pixel"] == ((3 + 1) * 8 * 8 * 4 + 6, 0)
+    assert 1e6 < counts["tiny"][1] < 5e6 and 1e8 < counts["paper"][1] < 5e8
+    with torch.device("meta"):
+        paper = build_codec("paper")
+    assert (paper.spatial_factor, paper.temporal_factor) == (8, 8)
+
+
+@pytest.mark.parametrize("sf,tf,T", [(2, 1, 3), (4, 2, 5), (8, 4, 9), (4, 3, 7)])
+def test_pixel_codec_is_an_exact_inverse(sf, tf, T):
+    codec = PixelCodec(PixelCodecConfig(spatial_factor=sf, temporal_factor=tf))
+    rgb, depth, raymap = inputs(codec, 2, T, 2 * sf, 3 * sf, seed=T)
+    out = codec.decode(codec.encode(rgb, depth, raymap))
+    assert torch.equal(out["rgb"], rgb) and torch.equal(out["depth"], depth)
+
+
+def test_decoded_cameras_recover_keyframes_and_interpolate_between_them():
+    """Keyframes come back from the pooled raymap; the frames between them are the slerp/lerp."""
+    codec = PixelCodec(PixelCodecConfig(spatial_factor=8, temporal_factor=4))
+    H, W, T, tf = 64, 48, 13, 4
+    keys = list(range(0, T, tf))
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        K = G.default_intrinsics(H, W, float(rng.uniform(50.0, 100.0)))
+        key_poses = random_cameras(rng, len(keys))
+        # The true motion: slerp rotation and lerp translation between consecutive keyframes.
+        slerp = Slerp(keys, Rotation.from_matrix(key_poses[:, :3, :3].double().numpy()))
+        c2w = torch.eye(4).repeat(1, T, 1, 1)
+        c2w[0, :, :3, :3] = torch.tensor(slerp(np.arange(T)).as_matrix(), dtype=torch.float32)
+        for d in range(3):
+            c2w[0, :, d, 3] = torch.tensor(np.interp(np.arange(T), keys, key_poses[:, d, 3].numpy()))
+        raymap = G.camera_to_raymap(K.expand(1, T, 3, 3), c2w, H, W)
+        rgb, depth = smooth_video(1, T, H, W)
+        out = codec.decode(codec.encode(rgb, depth, raymap))
+        assert G.rotation_angle(out["c2w"][0, :, :3, :3], c2w[0, :, :3, :3]).max() < 1e-3
+        assert torch.allclose(out["c2w"][0, :, :3, 3], c2w[0, :, :3, 3], atol=1e-3)
+        # Focal lengths come from mean ray directions over 8x8 blocks: biased by ~ (8 / f)^2 (geometry tests).
+        block = (8 / float(K[0, 0])) ** 2
+        assert torch.allclose(out["K"][0], K.expand(T, 3, 3), rtol=0.1 * block + 1e-4, atol=1e-3)
+
+
+def test_unscale_intrinsics_inverts_scale():
+    K = G.default_intrinsics(48, 64, 70.0)
+    assert torch.allclose(G.unscale_intrinsics(G.scale_intrinsics(K, 8), 8), K, atol=1e-5)
+
+
+def test_vae_is_causal_in_time():
+    vae = small_vae().eval()
+    rgb, depth, raymap = inputs(vae, 1, 7, 16, 16)
+    changed = rgb.clone()
+    changed[:, 3] = -changed[:, 3]  # frame 3 belongs to latent frame 2 (frames 3, 4)
+    with torch.no_grad():
+        z0, z1 = vae.encode(rgb, depth, raymap), vae.encode(changed, depth, raymap)
+        assert torch.allclose(z0[:, :2], z1[:, :2], atol=1e-6)
+        assert (z0[:, 2:] - z1[:, 2:]).abs().amax() > 1e-3
+        z2 = z0.clone()
+        z2[:, 2, vae.rgb_slice] += 1.0  # decoding: latent frame 2 drives frames 3 and later only
+        x0, x2 = vae.decode(z0)["rgb"], vae.decode(z2)["rgb"]
+    assert torch.allclose(x0[:, :3], x2[:, :3], atol=1e-6)
+    assert (x0[:, 3:] - x2[:, 3:]).abs().amax() > 1e-3
+
+
+def test_vae_overfits_one_tiny_batch():
+    vae = small_vae()
+    batch = inputs(vae, 2, 3, 16, 16, seed=1)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, logs = vae.loss(*batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(logs["loss"]))
+    assert set(logs) == {"rgb_l1", "depth_l1", "kl", "loss"}
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_gradients_reach_every_vae_parameter():
+    vae = small_vae()
+    loss, _ = vae.loss(*inputs(vae, 1, 3, 16, 16))
+    loss.backward()
+    missing = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_posterior_and_sampling():
+    vae = small_vae()
+    batch = inputs(vae, 1, 3, 16, 16)
+    with torch.no_grad():
+        mean, logvar = vae.encode_posterior(*batch)
+        assert torch.equal(vae.encode(*batch), mean)
+        sample = vae.encode(*batch, sample=True)
+    learned = vae.raymap_slice.start
+    assert logvar.shape == (*mean.shape[:2], learned, *mean.shape[3:])
+    assert not torch.allclose(sample[:, :, :learned], mean[:, :, :learned])
+    assert torch.equal(sample[:, :, vae.raymap_slice], mean[:, :, vae.raymap_slice])  # raymap is not sampled
+
+
+@pytest.mark.parametrize("kind", ["vae", "pixel"])
+def test_no_depth_ablation(kind):
+    codec = small_vae(use_depth=False) if kind == "vae" else PixelCodec(PixelCodecConfig(4, 2, use_depth=False))
+    assert codec.depth_channels == 0 and codec.latent_channels == codec.rgb_channels + 6
+    rgb, _, raymap = inputs(codec, 1, 3, 16, 16)
+    latent = codec.encode(rgb, None, raymap)
+    assert latent.shape[2] == codec.latent_channels
+    assert set(codec.decode(latent)) == {"rgb", "c2w", "K"}
+    if kind == "vae":
+        assert "depth_l1" not in codec.loss(rgb, None, raymap)[1]
+        assert not any(n.startswith(("encoders.depth", "decoders.depth")) for n, _ in codec.named_parameters())
+
+
+def test_bad_inputs_are_named():
+    vae = small_vae()
+    rgb, depth, raymap = inputs(vae, 1, 5, 16, 16)
+    with pytest.raises(ValueError, match="T=4"):
+        vae.encode(rgb[:, :4], depth[:, :4], raymap[:, :4])
+    with pytest.raises(ValueError, match="height 14"):
+        vae.encode(rgb[..., :14, :], depth[..., :14, :], raymap[..., :14, :])
+    with pytest.raises(ValueError, match="width 10"):
+        vae.encode(rgb[..., :10], depth[..., :10], raymap[..., :10])
+    with pytest.raises(ValueError, match="depth"):
+        vae.encode(rgb, None, raymap)
+    with pytest.raises(ValueError, match="raymap"):
+        vae.encode(rgb, depth, raymap[:, :, :3])
+    with pytest.raises(ValueError, match=str(vae.latent_channels)):
+        vae.decode(torch.zeros(1, 2, 5, 4, 4))
+    with pytest.raises(ValueError, match="spatial_factor 16"):
+        CausalVAE(CausalVAEConfig(spatial_factor=16))
+    with pytest.raises(ValueError, match="temporal_factor 3"):
+        CausalVAE(CausalVAEConfig(temporal_factor=3))
+    with pytest.raises(ValueError, match="'huge'"):
+        build_codec("huge")
+
+
+def test_build_codec_dispatches_on_config():
+    assert isinstance(build_codec(PixelCodecConfig(2, 1)), PixelCodec)
+    vae = build_codec(SMALL)
+    assert isinstance(vae, CausalVAE) and vae.latent_channels == 4 + 2 + 6
+    assert math.isclose(vae.config.kl_weight, SMALL.kl_weight)

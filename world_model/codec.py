@@ -1,0 +1,496 @@
+"""Latent codec: 4D state videos (RGB, depth, raymap) <-> latent videos (DESIGN M1, M2, M4).
+
+Inputs are per-window normalised states (``world_model.geometry``):
+
+- ``rgb``    (B, T, 3, H, W) in [-1, 1];
+- ``depth``  (B, T, 1, H, W) = ``encode_depth`` output, square-root disparity in about [-1, 1];
+- ``raymap`` (B, T, 6, H, W) = ``camera_to_raymap`` of the window's normalised cameras.
+
+Time layout (causal): the first frame alone, then chunks of ``temporal_factor`` frames, so a video of
+T = 1 + n * temporal_factor frames has T' = 1 + n latent frames. Latent frame i only sees frames up to
+its *keyframe* i * temporal_factor (the last frame of its chunk; frame 0 for the first latent frame).
+
+Latent channels, in this order: ``[rgb | depth | raymap (6)]``. RGB and depth are encoded separately
+(the paper: the same VAE for both, 16 + 16 channels); the raymap is not learned: it is average-pooled to
+the latent size and kept for the keyframe only (the paper's 16 + 16 + 6 = 38 channels). ``decode``
+recovers the keyframe cameras from those channels in closed form and interpolates the cameras of the
+frames in between (slerp rotation, linear translation).
+
+Two codecs share the ``Codec`` interface:
+
+- ``CausalVAE``: a causal 3D-convolutional VAE, trained with ``CausalVAE.loss``;
+- ``PixelCodec``: no weights; space-to-depth and chunk frames stacked in channels, an exact inverse.
+
+``build_codec("tiny" | "paper" | "pixel" | config)`` builds either from ``CODEC_PRESETS`` or a config.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from world_model import geometry
+
+RAYMAP_CHANNELS = 6  # unit ray direction (xyz) + ray origin (xyz), world frame
+
+# --------------------------------------------------------------------------------------------------
+# The interface
+# --------------------------------------------------------------------------------------------------
+
+
+class Codec(nn.Module, ABC):
+    """Encode 4D state videos to latent videos and back; the raymap part is shared by every codec.
+
+    Attributes:
+        spatial_factor: H and W of the latent are H / spatial_factor, W / spatial_factor.
+        temporal_factor: video frames per latent frame after the first.
+        rgb_channels, depth_channels: latent channels of each modality (depth 0 without depth).
+        latent_channels: rgb_channels + depth_channels + 6.
+    Subclasses implement ``_encode_pixels`` and ``_decode_pixels`` (rgb and depth only).
+    """
+
+    def __init__(self, spatial_factor: int, temporal_factor: int, rgb_channels: int, depth_channels: int):
+        super().__init__()
+        for name, value in (("spatial_factor", spatial_factor), ("temporal_factor", temporal_factor)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.spatial_factor = int(spatial_factor)
+        self.temporal_factor = int(temporal_factor)
+        self.rgb_channels = rgb_channels
+        self.depth_channels = depth_channels
+        self.latent_channels = rgb_channels + depth_channels + RAYMAP_CHANNELS
+
+    # ---- channel and frame bookkeeping ----
+
+    @property
+    def use_depth(self) -> bool:
+        return self.depth_channels > 0
+
+    @property
+    def rgb_slice(self) -> slice:
+        """Latent channels of the RGB latents."""
+        return slice(0, self.rgb_channels)
+
+    @property
+    def depth_slice(self) -> slice:
+        """Latent channels of the depth latents (empty without depth)."""
+        return slice(self.rgb_channels, self.rgb_channels + self.depth_channels)
+
+    @property
+    def raymap_slice(self) -> slice:
+        """Latent channels of the pooled keyframe raymap (the last 6)."""
+        return slice(self.rgb_channels + self.depth_channels, self.latent_channels)
+
+    def latent_frames(self, frames: int) -> int:
+        """T' for a video of T = ``frames`` = 1 + n * temporal_factor frames; ValueError otherwise."""
+        if int(frames) != frames or frames < 1 or (frames - 1) % self.temporal_factor:
+            raise ValueError(
+                f"T={frames!r} frames does not fit the causal layout 1 + n * {self.temporal_factor}"
+            )
+        return 1 + (frames - 1) // self.temporal_factor
+
+    def video_frames(self, latent_frames: int) -> int:
+        """T = 1 + (T' - 1) * temporal_factor video frames for T' latent frames."""
+        return 1 + (latent_frames - 1) * self.temporal_factor
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the latent of an H x W video; ValueError unless both divide by spatial_factor."""
+        for name, value in (("height", height), ("width", width)):
+            if value < 1 or value % self.spatial_factor:
+                raise ValueError(
+                    f"{name} {value} is not a positive multiple of spatial_factor {self.spatial_factor}"
+                )
+        return height // self.spatial_factor, width // self.spatial_factor
+
+    # ---- encode / decode ----
+
+    def encode(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor, sample: bool = False) -> Tensor:
+        """Latent of a 4D state video.
+
+        Args:
+            rgb: (B, T, 3, H, W).  depth: (B, T, 1, H, W), or None without depth.  raymap: (B, T, 6, H, W).
+            sample: draw from the posterior instead of taking its mean (VAE only).
+        Returns:
+            latent: (B, T', C, h, w) with C = latent_channels, laid out [rgb | depth | raymap].
+        """
+        self._check_inputs(rgb, depth, raymap)
+        pixels = self._encode_pixels(rgb, depth, sample)  # (B, T', rgb + depth channels, h, w)
+        return torch.cat([pixels, self.encode_raymap(raymap)], dim=2)  # (B, T', C, h, w)
+
+    def decode(self, latent: Tensor) -> dict[str, Tensor]:
+        """4D state video of a latent.
+
+        Args:
+            latent: (B, T', C, h, w).
+        Returns:
+            dict with ``rgb`` (B, T, 3, H, W), ``depth`` (B, T, 1, H, W) (absent without depth),
+            ``c2w`` (B, T, 4, 4) and ``K`` (B, T, 3, 3) at full resolution H = h * spatial_factor.
+        """
+        if latent.dim() != 5 or latent.shape[2] != self.latent_channels:
+            raise ValueError(
+                f"latent must have shape (B, T', {self.latent_channels}, h, w), got {tuple(latent.shape)}"
+            )
+        out = self._decode_pixels(latent[:, :, : self.raymap_slice.start])
+        out["K"], out["c2w"] = self.decode_cameras(latent)
+        return out
+
+    def encode_raymap(self, raymap: Tensor) -> Tensor:
+        """Raymap channels of the latent: each latent frame's keyframe raymap, average-pooled.
+
+        Args:
+            raymap: (B, T, 6, H, W).
+        Returns:
+            (B, T', 6, h, w), the keyframes being video frames 0, tf, 2 tf, ... (tf = temporal_factor).
+        """
+        key = raymap[:, :: self.temporal_factor]  # (B, T', 6, H, W)
+        pooled = F.avg_pool2d(key.flatten(0, 1), self.spatial_factor)  # (B * T', 6, h, w)
+        return pooled.unflatten(0, key.shape[:2])  # (B, T', 6, h, w)
+
+    def decode_cameras(self, latent: Tensor) -> tuple[Tensor, Tensor]:
+        """Cameras of every video frame from the latent's raymap channels (float32).
+
+        Keyframes come from ``geometry.raymap_to_camera`` (intrinsics scaled back to full resolution);
+        the frames inside chunk i interpolate between keyframes i - 1 and i (slerp rotation, linear
+        translation) and take the intrinsics of keyframe i.
+
+        Args:
+            latent: (B, T', C, h, w).
+        Returns:
+            K: (B, T, 3, 3);  c2w: (B, T, 4, 4).
+        """
+        K_key, c2w_key = geometry.raymap_to_camera(latent[:, :, self.raymap_slice].float())  # (B, T', ...)
+        K_key = geometry.unscale_intrinsics(K_key, self.spatial_factor)
+        tf = self.temporal_factor
+        alpha = torch.arange(1, tf + 1, dtype=c2w_key.dtype, device=c2w_key.device) / tf  # (tf,)
+        previous, current = c2w_key[:, :-1, None], c2w_key[:, 1:, None]  # (B, n, 1, 4, 4) each
+        c2w_mid = geometry.interpolate_cameras(previous, current, alpha)  # (B, n, tf, 4, 4)
+        c2w = torch.cat([c2w_key[:, :1], c2w_mid.flatten(1, 2)], dim=1)  # (B, T, 4, 4)
+        K = torch.cat([K_key[:, :1], K_key[:, 1:].repeat_interleave(tf, dim=1)], dim=1)  # (B, T, 3, 3)
+        return K, c2w
+
+    @abstractmethod
+    def _encode_pixels(self, rgb: Tensor, depth: Tensor | None, sample: bool) -> Tensor:
+        """(B, T, 3, H, W), (B, T, 1, H, W) | None -> (B, T', rgb_channels + depth_channels, h, w)."""
+
+    @abstractmethod
+    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
+        """(B, T', rgb_channels + depth_channels, h, w) -> dict(rgb (B, T, 3, H, W)[, depth (B, T, 1, H, W)])."""
+
+    def _check_inputs(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor) -> None:
+        if rgb.dim() != 5 or rgb.shape[2] != 3:
+            raise ValueError(f"rgb must have shape (B, T, 3, H, W), got {tuple(rgb.shape)}")
+        B, T, _, H, W = rgb.shape
+        expected = {"raymap": (raymap, RAYMAP_CHANNELS)}
+        if self.use_depth:
+            if depth is None:
+                raise ValueError("this codec encodes depth: pass depth (B, T, 1, H, W)")
+            expected["depth"] = (depth, 1)
+        for name, (x, channels) in expected.items():
+            if tuple(x.shape) != (B, T, channels, H, W):
+                raise ValueError(f"{name} must have shape {(B, T, channels, H, W)}, got {tuple(x.shape)}")
+        self.latent_frames(T)
+        self.latent_size(H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# Causal 3D building blocks. Inside the VAE, tensors are (B, C, T, H, W), as Conv3d wants.
+# --------------------------------------------------------------------------------------------------
+
+
+class CausalConv3d(nn.Module):
+    """3D convolution padded in time only from the past, by repeating the first frame: output frame t
+    sees input frames <= t, and a still image encodes like a static video. Space is zero-padded "same";
+    ``stride`` is spatial."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1):
+        super().__init__()
+        self.time_pad = kernel - 1
+        pad = kernel // 2
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=(1, stride, stride), padding=(0, pad, pad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+        return self.conv(torch.cat([first, x], dim=2))  # (B, C_out, T, H / stride, W / stride)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: statistics over the clip would leak the future into the past."""
+
+    def __init__(self, channels: int):
+        super().__init__(math.gcd(32, channels), channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, T, H, W = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(B * T, C, H, W))  # (B * T, C, H, W)
+        return y.reshape(B, T, C, H, W).transpose(1, 2)  # (B, C, T, H, W)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(c_in)
+        self.conv1 = CausalConv3d(c_in, c_out)
+        self.norm2 = FrameGroupNorm(c_out)
+        self.conv2 = CausalConv3d(c_out, c_out)
+        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W; with ``time``, also merge frame pairs 1 + 2n -> 1 + n, frame 0 paired with itself."""
+
+    def __init__(self, channels: int, time: bool):
+        super().__init__()
+        self.conv = CausalConv3d(channels, channels, stride=2)
+        self.time_merge = nn.Conv3d(channels, channels, (2, 1, 1), stride=(2, 1, 1)) if time else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)  # (B, C, T, H / 2, W / 2)
+        if self.time_merge is not None:
+            x = torch.cat([x[:, :, :1], x], dim=2)  # (B, C, 2 + 2n, H / 2, W / 2)
+            x = self.time_merge(x)  # (B, C, 1 + n, H / 2, W / 2)
+        return x
+
+
+class Upsample(nn.Module):
+    """Double H and W; with ``time``, split each frame in two, 1 + n -> 1 + 2n (inverse of ``Downsample``)."""
+
+    def __init__(self, channels: int, time: bool):
+        super().__init__()
+        self.time_split = nn.Conv3d(channels, 2 * channels, 1) if time else None
+        self.conv = CausalConv3d(channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.time_split is not None:
+            B, C, T, H, W = x.shape
+            x = self.time_split(x).reshape(B, 2, C, T, H, W)  # (B, 2, C, T, H, W)
+            x = x.permute(0, 2, 3, 1, 4, 5).reshape(B, C, 2 * T, H, W)  # (B, C, 2T, H, W) pairs in order
+            x = x[:, :, 1:]  # (B, C, 2T - 1, H, W): frame 0 was encoded paired with itself
+        x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
+        return self.conv(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# The causal VAE
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CausalVAEConfig:
+    spatial_factor: int = 8  # H, W shrink by this; must equal 2 ** (len(channel_mult) - 1)
+    temporal_factor: int = 4  # frames per latent frame after the first; a power of two <= spatial_factor
+    rgb_latent_channels: int = 8
+    depth_latent_channels: int = 4  # depth is smoother than RGB and needs fewer channels at small sizes
+    use_depth: bool = True  # False: the no-depth ablation (RGB + raymap latents only)
+    width: int = 16  # channels at full resolution
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)  # width multiplier per resolution level, full to latent
+    blocks: int = 1  # residual blocks per resolution level, in the encoder and in the decoder
+    depth_weight: float = 1.0  # weight of the depth L1 against the RGB L1
+    kl_weight: float = 1e-3  # on the mean KL per latent value: small, the latent must stay informative
+
+
+class _Encoder(nn.Module):
+    """(B, T, C_in, H, W) -> posterior mean and log-variance, each (B, T', C_latent, h, w).
+
+    Temporal halvings happen in the first (highest-resolution) levels, where they save the most compute.
+    """
+
+    def __init__(self, config: CausalVAEConfig, in_channels: int, latent_channels: int):
+        super().__init__()
+        widths = [config.width * m for m in config.channel_mult]
+        time_levels = int(math.log2(config.temporal_factor))
+        layers: list[nn.Module] = [CausalConv3d(in_channels, widths[0])]
+        c = widths[0]
+        for level, w in enumerate(widths):
+            for _ in range(config.blocks):
+                layers.append(ResBlock(c, w))
+                c = w
+            if level < len(widths) - 1:
+                layers.append(Downsample(c, time=level < time_levels))
+        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.layers(x.transpose(1, 2))  # (B, 2 C_latent, T', h, w)
+        mean, logvar = h.transpose(1, 2).chunk(2, dim=2)  # (B, T', C_latent, h, w) each
+        return mean, logvar.clamp(-30.0, 20.0)
+
+
+class _Decoder(nn.Module):
+    """(B, T', C_latent, h, w) -> (B, T, C_out, H, W), mirroring ``_Encoder``."""
+
+    def __init__(self, config: CausalVAEConfig, latent_channels: int, out_channels: int):
+        super().__init__()
+        widths = [config.width * m for m in config.channel_mult]
+        time_levels = int(math.log2(config.temporal_factor))
+        c = widths[-1]
+        layers: list[nn.Module] = [CausalConv3d(latent_channels, c)]
+        for level in reversed(range(len(widths))):
+            for _ in range(config.blocks):
+                layers.append(ResBlock(c, widths[level]))
+                c = widths[level]
+            if level > 0:
+                layers.append(Upsample(c, time=level - 1 < time_levels))
+        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.layers(z.transpose(1, 2)).transpose(1, 2)  # (B, T, C_out, H, W)
+
+
+class CausalVAE(Codec):
+    """Causal 3D-convolutional VAE, one encoder/decoder pair per modality (rgb, depth); see the module
+    docstring for the latent layout. ``encode`` returns the posterior mean unless ``sample=True``."""
+
+    def __init__(self, config: CausalVAEConfig):
+        levels = len(config.channel_mult)
+        if config.spatial_factor != 2 ** (levels - 1):
+            raise ValueError(
+                f"spatial_factor {config.spatial_factor} must be 2 ** (len(channel_mult) - 1) "
+                f"= {2 ** (levels - 1)}"
+            )
+        tf = config.temporal_factor
+        if tf < 1 or tf & (tf - 1) or tf > config.spatial_factor:
+            raise ValueError(
+                f"temporal_factor {tf} must be a power of two <= spatial_factor {config.spatial_factor}"
+            )
+        depth_channels = config.depth_latent_channels if config.use_depth else 0
+        super().__init__(config.spatial_factor, tf, config.rgb_latent_channels, depth_channels)
+        self.config = config
+        modalities = {"rgb": (3, config.rgb_latent_channels)}
+        if config.use_depth:
+            modalities["depth"] = (1, config.depth_latent_channels)
+        self.encoders = nn.ModuleDict({m: _Encoder(config, c, z) for m, (c, z) in modalities.items()})
+        self.decoders = nn.ModuleDict({m: _Decoder(config, z, c) for m, (c, z) in modalities.items()})
+
+    def encode_posterior(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of the learned channels, with the raymap channels appended to the mean.
+
+        Returns:
+            mean: (B, T', C, h, w), the full latent ([rgb | depth | raymap]).
+            logvar: (B, T', rgb_channels + depth_channels, h, w), for the learned channels only.
+        """
+        self._check_inputs(rgb, depth, raymap)
+        mean, logvar = self._posterior(rgb, depth)
+        return torch.cat([mean, self.encode_raymap(raymap)], dim=2), logvar
+
+    def loss(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss: L1 reconstruction of rgb (+ depth_weight * depth) of a posterior sample,
+        + kl_weight * mean KL to N(0, 1) per latent value.
+
+        Returns:
+            loss: scalar;  logs: detached scalars ``rgb_l1``, ``depth_l1`` (with depth), ``kl``, ``loss``.
+        """
+        self._check_inputs(rgb, depth, raymap)
+        mean, logvar = self._posterior(rgb, depth)  # (B, T', C_learned, h, w)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+        recon = self._decode_pixels(z)
+        kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
+        logs = {"rgb_l1": (recon["rgb"] - rgb).abs().mean(), "kl": kl}
+        loss = logs["rgb_l1"] + self.config.kl_weight * kl
+        if self.use_depth:
+            logs["depth_l1"] = (recon["depth"] - depth).abs().mean()
+            loss = loss + self.config.depth_weight * logs["depth_l1"]
+        logs["loss"] = loss
+        return loss, {name: value.detach() for name, value in logs.items()}
+
+    def _posterior(self, rgb: Tensor, depth: Tensor | None) -> tuple[Tensor, Tensor]:
+        inputs = {"rgb": rgb, "depth": depth}
+        stats = [self.encoders[m](inputs[m]) for m in self.encoders]  # [(mean, logvar)] per modality
+        mean = torch.cat([s[0] for s in stats], dim=2)  # (B, T', C_learned, h, w)
+        logvar = torch.cat([s[1] for s in stats], dim=2)
+        return mean, logvar
+
+    def _encode_pixels(self, rgb: Tensor, depth: Tensor | None, sample: bool) -> Tensor:
+        mean, logvar = self._posterior(rgb, depth)
+        return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
+
+    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
+        latents = {"rgb": pixels[:, :, self.rgb_slice], "depth": pixels[:, :, self.depth_slice]}
+        return {m: decoder(latents[m]) for m, decoder in self.decoders.items()}  # (B, T, C_m, H, W) each
+
+
+# --------------------------------------------------------------------------------------------------
+# The pixel codec
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PixelCodecConfig:
+    spatial_factor: int = 8  # H, W shrink by this (space-to-depth)
+    temporal_factor: int = 4  # frames stacked in the channels of one latent frame
+    use_depth: bool = True  # False: RGB + raymap channels only
+
+
+class PixelCodec(Codec):
+    """Weight-free codec for the smallest runs and tests: each latent frame stacks its chunk's frames
+    (the first latent frame repeats frame 0) after space-to-depth by ``spatial_factor``. Exact inverse
+    for rgb and depth; (3 + 1) * spatial_factor ** 2 * temporal_factor + 6 channels."""
+
+    def __init__(self, config: PixelCodecConfig):
+        per_channel = config.spatial_factor**2 * config.temporal_factor
+        depth_channels = per_channel if config.use_depth else 0
+        super().__init__(config.spatial_factor, config.temporal_factor, 3 * per_channel, depth_channels)
+        self.config = config
+
+    def _encode_pixels(self, rgb: Tensor, depth: Tensor | None, sample: bool) -> Tensor:
+        parts = [self._pack(rgb)] + ([self._pack(depth)] if self.use_depth else [])
+        return torch.cat(parts, dim=2)  # (B, T', C_learned, h, w)
+
+    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
+        out = {"rgb": self._unpack(pixels[:, :, self.rgb_slice], 3)}
+        if self.use_depth:
+            out["depth"] = self._unpack(pixels[:, :, self.depth_slice], 1)
+        return out
+
+    def _pack(self, x: Tensor) -> Tensor:
+        B, T, C, H, W = x.shape
+        tf, s = self.temporal_factor, self.spatial_factor
+        x = torch.cat([x[:, :1].expand(B, tf - 1, C, H, W), x], dim=1)  # (B, tf * T', C, H, W)
+        x = F.pixel_unshuffle(x, s)  # (B, tf * T', C * s * s, h, w)
+        return x.reshape(B, -1, tf * C * s * s, H // s, W // s)  # (B, T', tf * C * s * s, h, w)
+
+    def _unpack(self, z: Tensor, channels: int) -> Tensor:
+        B, Tl, _, h, w = z.shape
+        tf, s = self.temporal_factor, self.spatial_factor
+        x = z.reshape(B, Tl * tf, channels * s * s, h, w)  # (B, tf * T', C * s * s, h, w)
+        x = F.pixel_shuffle(x, s)  # (B, tf * T', C, H, W)
+        return x[:, tf - 1 :]  # (B, T, C, H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets and factory
+# --------------------------------------------------------------------------------------------------
+
+CODEC_PRESETS: dict[str, CausalVAEConfig | PixelCodecConfig] = {
+    # 64x64 video -> 8x8 latents with 8 + 4 + 6 = 18 channels; trains on two CPU cores.
+    "tiny": CausalVAEConfig(),
+    # The release: 8x spatial, 8x temporal, 16 + 16 + 6 = 38 channels.
+    "paper": CausalVAEConfig(
+        temporal_factor=8, rgb_latent_channels=16, depth_latent_channels=16, width=128, blocks=2
+    ),
+    # Same token grid and chunk length as "tiny", no training: 4 * 64 * 4 + 6 = 1030 channels.
+    "pixel": PixelCodecConfig(),
+}
+
+
+def build_codec(name_or_config: str | CausalVAEConfig | PixelCodecConfig) -> Codec:
+    """A codec from a preset name (``CODEC_PRESETS``) or a config."""
+    config = name_or_config
+    if isinstance(config, str):
+        if config not in CODEC_PRESETS:
+            raise ValueError(f"unknown codec preset {config!r}; choose from {sorted(CODEC_PRESETS)}")
+        config = CODEC_PRESETS[config]
+    if isinstance(config, CausalVAEConfig):
+        return CausalVAE(config)
+    if isinstance(config, PixelCodecConfig):
+        return PixelCodec(config)
+    raise TypeError(f"expected a preset name, CausalVAEConfig or PixelCodecConfig, got {type(config).__name__}")

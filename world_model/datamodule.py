@@ -1,0 +1,117 @@
+"""LightningDataModule over episodes recorded from the ground-truth world.
+
+Splits are separate seed ranges, so validation and test scenes are never seen in training:
+``train`` uses world seeds ``seed + i``, ``val`` ``seed + 1_000_000 + i``, ``test`` ``seed + 2_000_000 + i``.
+Each split lives in ``data_dir/<split>``; ``prepare_data`` records whatever episodes are missing there
+(with a progress bar), so an empty directory becomes a dataset on first use and an interrupted
+collection resumes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from world_model.episodes import ClipConfig, EpisodeClips
+
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+class DeepVerseDataModule(L.LightningDataModule):
+    """Clips of simulator episodes, normalised per window (``world_model.episodes.EpisodeClips``).
+
+    Args:
+        data_dir: root holding ``train/``, ``val/`` and ``test/`` episode directories.
+        train_episodes, val_episodes, test_episodes: episodes per split (collected if missing).
+        steps: env steps per recorded episode.
+        seed: base world seed of the splits.
+        frames_per_step, height, width, fov_deg: simulator settings of the recording (must match the codec).
+        chunks: env steps per training clip (history + future).
+        max_chunk_rotation_deg, min_motion: the M14 clip filters.
+        batch_size, num_workers: DataLoader settings.
+        collect_envs: simulator worlds stepped at once while collecting.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data/sim",
+        train_episodes: int = 256,
+        val_episodes: int = 16,
+        test_episodes: int = 16,
+        steps: int = 64,
+        seed: int = 0,
+        frames_per_step: int = 4,
+        height: int = 64,
+        width: int = 64,
+        fov_deg: float = 75.0,
+        chunks: int = 4,
+        max_chunk_rotation_deg: float = 30.0,
+        min_motion: float = 0.05,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        collect_envs: int = 16,
+    ):
+        super().__init__()
+        for name in ("train_episodes", "val_episodes", "test_episodes", "steps", "chunks", "batch_size"):
+            value = locals()[name]
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if chunks > steps:
+            raise ValueError(f"chunks ({chunks}) cannot exceed the recorded steps per episode ({steps})")
+        self.save_hyperparameters()
+        self.root = Path(data_dir)
+        self.clip_config = ClipConfig(
+            chunks=chunks, max_chunk_rotation_deg=max_chunk_rotation_deg, min_motion=min_motion
+        )
+        self.datasets: dict[str, EpisodeClips] = {}
+
+    def _episodes(self, split: str) -> int:
+        return self.hparams[f"{split}_episodes"]
+
+    def prepare_data(self) -> None:
+        from deepverse_env.collect import collect  # the simulator is only needed to record
+
+        hp = self.hparams
+        for split, offset in SPLIT_SEED_OFFSET.items():
+            collect(
+                self.root / split,
+                episodes=self._episodes(split),
+                steps=hp.steps,
+                seed=hp.seed + offset,
+                frames_per_step=hp.frames_per_step,
+                height=hp.height,
+                width=hp.width,
+                fov_deg=hp.fov_deg,
+                num_envs=hp.collect_envs,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = EpisodeClips(self.root / split, self.clip_config)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=hp.num_workers,
+            collate_fn=EpisodeClips.collate,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
