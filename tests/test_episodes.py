@@ -162,3 +162,27 @@ def test_normalize_window_batched():
     batch = torch.stack([frames, frames])  # (2, T)
     out = normalize_window(batch)
     assert out.batch_size == torch.Size([2]) and out["rgb"].shape[:2] == (2, 1 + 2 * FPS)
+
+
+def test_memory_frame_is_psi_of_earlier_keyframes(tmp_path):
+    write_episode(tmp_path, 0, *synthetic_episode(10, 4))
+    ds = EpisodeClips(tmp_path, ClipConfig(chunks=3, memory=True, future_chunks=1, memory_k=3))
+    first = ds[0]
+    assert not first["has_memory"] and torch.equal(first["memory", "rgb"], torch.zeros(1, 3, H, W))
+    for i in range(1, len(ds)):
+        clip = ds[i]
+        e, s = ds.index[i]
+        assert clip["has_memory"] and clip["memory", "rgb"].shape == (1, 3, H, W)
+        poses = torch.as_tensor(ds.episodes[e]["pose"])
+        query = poses[s * FPS + (3 - 1) * FPS]
+        keys = poses[0 : s * FPS : FPS]
+        # Brute force ψ: 3 nearest positions, then the smallest optical-axis angle.
+        near = sorted(range(len(keys)), key=lambda j: float((keys[j, :3, 3] - query[:3, 3]).norm()))[:3]
+        best = min(near, key=lambda j: float(G.optical_axis_angle(keys[j], query)))
+        expect = G.scale_poses(G.relative_pose(poses[s * FPS], keys[best]), clip["scale"])
+        assert torch.allclose(clip["memory", "pose"][0], expect, atol=1e-5)
+        assert torch.equal(clip["memory", "rgb"][0], ds.episodes[e]["rgb"][best * FPS].movedim(-1, 0).float() / 127.5 - 1)
+    batch = EpisodeClips.collate([ds[0], ds[1]])
+    assert batch["memory", "raymap"].shape == (2, 1, 6, H, W) and batch["has_memory"].tolist() == [False, True]
+    with pytest.raises(ValueError, match="future_chunks"):
+        EpisodeClips(tmp_path, ClipConfig(chunks=3, future_chunks=4))

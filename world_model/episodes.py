@@ -30,6 +30,7 @@ from tensordict import TensorDict
 from torch.utils.data import Dataset
 
 from world_model import geometry as G
+from world_model.memory import psi
 from world_model.text import SENTENCES
 
 FORMAT_VERSION = 1
@@ -149,6 +150,9 @@ class ClipConfig:
     """Which clips of recorded episodes the model sees."""
 
     chunks: int = 4  # env steps per clip (history + future); a clip has 1 + chunks * frames_per_step frames
+    memory: bool = False  # add a spatial-memory frame retrieved by ψ from earlier in the episode (M11)
+    future_chunks: int = 1  # the memory query is the camera at the end of history, this many chunks early
+    memory_k: int = 5  # ψ's k nearest positions
     max_chunk_rotation_deg: float = 30.0  # δ_rot: drop clips with a chunk turning more than this (M14)
     min_motion: float = 0.05  # δ_move: drop near-static clips; metres of path + 1 m per radian turned
     lam: float = G.DISPARITY_LAMBDA  # disparity headroom of the window normalisation (M2)
@@ -181,10 +185,18 @@ def normalize_window(frames: TensorDict, lam: float = G.DISPARITY_LAMBDA) -> Ten
         encoded, ``raymap`` (T, 6, H, W), ``pose`` (T, 4, 4) normalised, ``intrinsics`` (T, 3, 3),
         ``scale`` () metres per normalised unit.
     """
+    scale = G.window_scale(frames["depth"][..., 0, :, :, 0].float(), lam)  # (...,)
+    out = normalize_frames(frames, frames["pose"][..., 0, :, :], scale)
+    out["scale"] = scale
+    return out
+
+
+def normalize_frames(frames: TensorDict, ref_pose: torch.Tensor, scale: torch.Tensor) -> TensorDict:
+    """Raw frames (..., T) expressed in a window given by its first camera ``ref_pose`` (..., 4, 4) and
+    ``scale`` (...,): the entries of ``normalize_window`` without ``scale``."""
     depth = frames["depth"][..., 0].float()  # (..., T, H, W)
     H, W = depth.shape[-2:]
-    scale = G.window_scale(depth[..., 0, :, :], lam)  # (...,)
-    pose = G.relative_pose(frames["pose"][..., :1, :, :], frames["pose"])  # (..., T, 4, 4)
+    pose = G.relative_pose(ref_pose[..., None, :, :], frames["pose"])  # (..., T, 4, 4)
     pose = G.scale_poses(pose, scale[..., None])
     K = frames["intrinsics"].float()
     return TensorDict(
@@ -194,7 +206,6 @@ def normalize_window(frames: TensorDict, lam: float = G.DISPARITY_LAMBDA) -> Ten
             "raymap": G.camera_to_raymap(K, pose, H, W),  # (..., T, 6, H, W)
             "pose": pose,
             "intrinsics": K,
-            "scale": scale,
         },
         batch_size=frames.batch_size[:-1],
     )
@@ -207,11 +218,18 @@ class EpisodeClips(Dataset):
     the entries of ``normalize_window`` over T = 1 + chunks * frames_per_step frames, plus
     ``caption_ids`` (chunks,) into ``world_model.text.SENTENCES``. Clips start on chunk boundaries
     and pass the M14 filters of ``ClipConfig``.
+
+    With ``ClipConfig.memory``, also ``memory`` (a TensorDict with the same entries over 1 frame, in
+    this clip's window) and ``has_memory`` (): the keyframe (chunk-end frame) from before the clip that
+    ψ retrieves for the camera at the end of the history, as the rollout's memory would at inference;
+    zeros and False for clips at the start of an episode.
     """
 
     def __init__(self, root: str | Path, config: ClipConfig = ClipConfig()):
         if int(config.chunks) != config.chunks or config.chunks < 1:
             raise ValueError(f"ClipConfig.chunks must be a positive integer, got {config.chunks!r}")
+        if not 1 <= config.future_chunks <= config.chunks:
+            raise ValueError(f"ClipConfig.future_chunks must be in 1..{config.chunks}, got {config.future_chunks!r}")
         self.root, self.config = Path(root), config
         paths = list_episodes(root)
         if not paths:
@@ -258,7 +276,21 @@ class EpisodeClips(Dataset):
         raw = self.episodes[e][first : first + self.clip_frames]  # (T,) memmap view
         clip = normalize_window(raw.to_tensordict(), self.config.lam)
         clip["caption_ids"] = self.captions[e][s : s + self.config.chunks]
+        if self.config.memory:
+            clip["memory"], clip["has_memory"] = self._memory(e, s, raw, clip["scale"])
         return clip
+
+    def _memory(self, e: int, s: int, raw: TensorDict, scale: torch.Tensor) -> tuple[TensorDict, torch.Tensor]:
+        fps, cfg = self.frames_per_step, self.config
+        query = raw["pose"][(cfg.chunks - cfg.future_chunks) * fps]  # (4, 4) end of history
+        keys = torch.as_tensor(self.episodes[e]["pose"][0 : s * fps : fps])  # (s, 4, 4) earlier keyframes
+        if len(keys) == 0:  # nothing earlier: a zero frame, masked out by has_memory
+            zeros = normalize_frames(raw[:1].to_tensordict(), raw["pose"][0], scale).apply(torch.zeros_like)
+            return zeros, torch.tensor(False)
+        index, _ = psi(query[None], keys[None], torch.ones(1, len(keys), dtype=torch.bool), cfg.memory_k)
+        j = int(index[0]) * fps
+        frame = self.episodes[e][j : j + 1].to_tensordict()  # (1,)
+        return normalize_frames(frame, raw["pose"][0], scale), torch.tensor(True)
 
     @staticmethod
     def collate(items: list[TensorDict]) -> TensorDict:

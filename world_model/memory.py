@@ -29,6 +29,25 @@ class MemoryConfig:
     yaw_bins: int = 12  # heading bins over 360 degrees (30 degrees each)
 
 
+def psi(query: Tensor, keys: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The paper's retrieval ψ over candidate cameras: the k nearest camera positions, then among them
+    the one whose optical axis is closest to the query's.
+
+    Args:
+        query: (B, 4, 4) camera-to-world.  keys: (B, N, 4, 4) candidates.  valid: (B, N) bool.
+    Returns:
+        index: (B,) into N (0 where nothing is valid);  found: (B,) bool, any valid candidate.
+    """
+    dist = (keys[..., :3, 3] - query[:, None, :3, 3]).norm(dim=-1)  # (B, N)
+    dist = dist.masked_fill(~valid, math.inf)
+    near_dist, near = dist.topk(min(k, dist.shape[1]), dim=1, largest=False)  # (B, k)
+    worlds = torch.arange(keys.shape[0], device=keys.device)
+    angle = optical_axis_angle(keys[worlds[:, None], near], query[:, None])  # (B, k)
+    angle = angle.masked_fill(near_dist.isinf(), math.inf)
+    index = near.gather(1, angle.argmin(dim=1, keepdim=True))[:, 0]  # (B,)
+    return index, valid.any(dim=1)
+
+
 class MemoryPool:
     """Keyframe latents and their camera poses for B independent worlds.
 
@@ -120,15 +139,8 @@ class MemoryPool:
             the world's pool is empty.
         """
         st = self.state
-        query = c2w.float()
-        dist = (st["c2w"][..., :3, 3] - query[:, None, :3, 3]).norm(dim=-1)  # (B, N)
-        dist = dist.masked_fill(~st["valid"], math.inf)
-        near_dist, near = dist.topk(min(self.config.k, dist.shape[1]), dim=1, largest=False)  # (B, k)
-        worlds = torch.arange(self.batch_size, device=near.device)
-        angle = optical_axis_angle(st["c2w"][worlds[:, None], near], query[:, None])  # (B, k)
-        angle = angle.masked_fill(near_dist.isinf(), math.inf)
-        best = near.gather(1, angle.argmin(dim=1, keepdim=True))[:, 0]  # (B,)
-        found = st["valid"].any(dim=1)  # (B,)
+        best, found = psi(c2w.float(), st["c2w"], st["valid"], self.config.k)  # (B,), (B,)
+        worlds = torch.arange(self.batch_size, device=best.device)
         latent = st["latent"][worlds, best]  # (B, C, h, w)
         pose = st["c2w"][worlds, best]  # (B, 4, 4)
         latent = torch.where(found.view(-1, *[1] * (latent.dim() - 1)), latent, torch.zeros_like(latent))
