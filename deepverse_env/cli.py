@@ -1,0 +1,147 @@
+"""The ``deepverse`` command line.
+
+    deepverse collect --out DIR --episodes N --steps T --seed S   record episodes from the simulator
+    deepverse bench sim [--out FILE]     simulator throughput at 64x64, as JSON on the last line
+
+Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
+``func`` to the function that runs it; ``build_parser`` lists them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+
+def bench_sim(args: argparse.Namespace) -> dict:
+    """Frames per second of the ray caster alone, of one env stepping, and of the native vector env."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    import deepverse_env  # noqa: F401  (registers the envs)
+    from deepverse_env.sim import agent
+    from deepverse_env.sim.raycast import SceneBatch, render
+    from deepverse_env.sim.world import SceneConfig
+    from world_model.geometry import default_intrinsics
+
+    H, W, F = args.height, args.width, args.frames_per_step
+    rng = np.random.default_rng(0)
+
+    def timed(fn, repeats: int) -> float:
+        fn()  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+
+    result = {"height": H, "width": W, "frames_per_step": F, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+    # Raw renders: B cameras in B different worlds, one call.
+    config = SceneConfig()
+    for B in (1, 64):
+        starts = [agent.start_episode(rng, config) for _ in range(B)]
+        scenes = SceneBatch.stack([scene for scene, _ in starts])
+        c2w = torch.from_numpy(agent.camera_pose(np.stack([s for _, s in starts]), config.eye_height)).float()
+        K = default_intrinsics(H, W).expand(B, 3, 3)
+        seconds = timed(lambda: render(scenes, c2w, K, H, W), max(3, 256 // B))
+        result[f"render_fps_batch{B}"] = round(B / seconds, 1)
+
+    env = gym.make("DeepVerseSim-v0", height=H, width=W, frames_per_step=F)
+    env.reset(seed=int(rng.integers(2**31)))
+    actions = rng.integers(env.action_space.n, size=args.steps)
+    it = iter(actions)
+    seconds = timed(lambda: env.step(next(it)), args.steps - 1)
+    result["env_fps"] = round(F / seconds, 1)
+    result["env_steps_per_s"] = round(1 / seconds, 1)
+
+    for N in (16, 64):
+        envs = gym.make_vec(
+            "DeepVerseSim-v0", num_envs=N, vectorization_mode="vector_entry_point", height=H, width=W, frames_per_step=F
+        )
+        envs.reset(seed=int(rng.integers(2**31)))
+        seconds = timed(lambda: envs.step(envs.action_space.sample()), max(2, args.steps // 8))
+        result[f"vector{N}_fps"] = round(N * F / seconds, 1)
+        envs.close()
+    return result
+
+
+def add_bench(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="measure throughput")
+    targets = bench.add_subparsers(dest="target", metavar="TARGET", required=True)
+    sim = targets.add_parser("sim", help="simulator frames per second (render, single env, vector env)")
+    sim.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
+    sim.add_argument("--height", type=int, default=64)
+    sim.add_argument("--width", type=int, default=64)
+    sim.add_argument("--frames-per-step", type=int, default=4)
+    sim.add_argument("--steps", type=int, default=100, help="env steps timed for the single env")
+    sim.set_defaults(func=bench_sim)
+
+
+def run_collect(args: argparse.Namespace) -> dict:
+    """Record episodes with the exploration policy; the summary is what ``main`` prints."""
+    import deepverse_env  # noqa: F401  (registers the envs)
+    from deepverse_env.collect import collect
+
+    return collect(
+        args.out,
+        episodes=args.episodes,
+        steps=args.steps,
+        seed=args.seed,
+        frames_per_step=args.frames_per_step,
+        height=args.height,
+        width=args.width,
+        fov_deg=args.fov,
+        num_envs=args.num_envs,
+        progress=not args.no_progress,
+    )
+
+
+def add_collect(subparsers) -> None:
+    p = subparsers.add_parser(
+        "collect",
+        help="record training episodes from the ground-truth simulator",
+        description="Record episodes (RGB, depth, pose, intrinsics, captions from measured motion) as "
+        "TensorDict memmaps, one directory per episode, written atomically. Episode i uses world seed "
+        "SEED + i; episodes already in DIR are kept, so an interrupted run resumes.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset directory")
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes")
+    p.add_argument("--steps", type=int, required=True, help="env steps (chunks) per episode")
+    p.add_argument("--seed", type=int, default=0, help="world seed of episode 0 (default 0)")
+    p.add_argument("--frames-per-step", type=int, default=4, help="frames per chunk (default 4)")
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--fov", type=float, default=75.0, help="horizontal field of view, degrees")
+    p.add_argument("--num-envs", type=int, default=16, help="worlds simulated at once (default 16)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_collect, indent=1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepverse", description="DeepVerse world model and simulator tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_collect(subparsers)
+    add_bench(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        parser.exit(2, f"deepverse {args.command}: error: {e}\n")
+    text = json.dumps(result, indent=getattr(args, "indent", None))
+    if getattr(args, "json_out", None):
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(text + os.linesep)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

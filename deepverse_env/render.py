@@ -1,0 +1,151 @@
+"""Pictures for people: depth colour maps, top-down maps, frames side by side. Plain numpy, uint8 out.
+
+Top-down maps look at the horizontal x-z plane from above: x to the right, z up the image. For the
+simulator that is its floor plan; for an episode frame (the first camera, level) it is "forward is up".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Google's Turbo colour map as its widely used degree-5 polynomial fit, one per channel.
+# Columns: red, green, blue; rows: coefficients of x^0 .. x^5.
+_TURBO = np.array(
+    [
+        [0.13572138, 0.09140261, 0.10667330],
+        [4.61539260, 2.19418839, 12.64194608],
+        [-42.66032258, 4.84296658, -60.58204836],
+        [132.13108234, -14.18503333, 110.36276771],
+        [-152.94239396, 4.27729857, -89.90310912],
+        [59.28637943, 2.82956604, 27.34824973],
+    ]
+)
+
+
+def turbo(x: np.ndarray) -> np.ndarray:
+    """Turbo colours of values in [0, 1] (clipped): (...,) -> (..., 3) float in [0, 1]; 0 blue, 1 red."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    powers = x[..., None] ** np.arange(6)  # (..., 6)
+    return np.clip(powers @ _TURBO, 0.0, 1.0)
+
+
+def colorize_depth(depth: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """Depth to colours, near red and far blue: turbo over [0.95, 0.05] (its dark ends stay unused, so
+    black can mean "no surface") as depth runs over [vmin, vmax].
+
+    Args:
+        depth: (..., H, W) metres; non-finite or non-positive values (no surface) come out black.
+        vmin, vmax: the range mapped onto the colour map; default: the valid depths' min and max.
+    Returns:
+        (..., H, W, 3) uint8.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = np.isfinite(depth) & (depth > 0)
+    if vmin is None:
+        vmin = float(depth[valid].min()) if valid.any() else 0.0
+    if vmax is None:
+        vmax = float(depth[valid].max()) if valid.any() else 1.0
+    scaled = (np.where(valid, depth, vmax) - vmin) / max(vmax - vmin, 1e-6)
+    rgb = turbo(0.95 - 0.9 * scaled) * valid[..., None]
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour enlargement of an (H, W, C) image by an integer factor."""
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def side_by_side(*images: np.ndarray, gap: int = 2) -> np.ndarray:
+    """(H_i, W_i, 3) uint8 images in a row, top-aligned on a black canvas, ``gap`` pixels apart."""
+    height = max(im.shape[0] for im in images)
+    width = sum(im.shape[1] for im in images) + gap * (len(images) - 1)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    x = 0
+    for im in images:
+        canvas[: im.shape[0], x : x + im.shape[1]] = im
+        x += im.shape[1] + gap
+    return canvas
+
+
+def draw_topdown(
+    size: int,
+    extent: tuple[float, float, float, float],
+    *,
+    rects: np.ndarray | None = None,
+    rect_colours: np.ndarray | None = None,
+    circles: np.ndarray | None = None,
+    circle_colours: np.ndarray | None = None,
+    points: np.ndarray | None = None,
+    point_colours: np.ndarray | None = None,
+    trajectory: np.ndarray | None = None,
+    heading: float | None = None,
+    background: tuple[int, int, int] = (235, 235, 225),
+) -> np.ndarray:
+    """A square map of the x-z plane seen from above.
+
+    Args:
+        size: image side in pixels.
+        extent: (x_min, x_max, z_min, z_max) in metres, fitted into the square with equal scales.
+        rects: (N, 4) filled axis-aligned rectangles (x0, z0, x1, z1); colours (N, 3) in 0..255
+            (default dark grey).
+        circles: (N, 3) filled discs (x, z, radius); colours (N, 3).
+        points: (N, 2) single pixels (x, z), e.g. a point cloud; colours (N, 3) (default blue).
+        trajectory: (T, 2) camera positions (x, z), drawn as a red line, the last one as a dot.
+        heading: yaw of the last camera in radians (0 looks along +z, + turns left, i.e. towards -x),
+            drawn as a short line from the dot.
+    Returns:
+        (size, size, 3) uint8.
+    """
+    x0, x1, z0, z1 = extent
+    scale = (size - 4) / max(x1 - x0, z1 - z0, 1e-6)  # pixels per metre, 2 px margin
+    cx, cz = 0.5 * (x0 + x1), 0.5 * (z0 + z1)
+
+    def to_px(x, z):  # metres -> (column, row)
+        return (np.asarray(x) - cx) * scale + size / 2, size / 2 - (np.asarray(z) - cz) * scale
+
+    img = np.empty((size, size, 3), dtype=np.uint8)
+    img[:] = background
+    rows, cols = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
+    if rects is not None and len(rects):
+        colours = np.full((len(rects), 3), 60) if rect_colours is None else rect_colours
+        for (a, b, c, d), colour in zip(rects, colours):
+            (ca, rb), (cc, rd) = to_px(a, b), to_px(c, d)
+            inside = (cols >= min(ca, cc)) & (cols <= max(ca, cc)) & (rows >= min(rb, rd)) & (rows <= max(rb, rd))
+            inside |= _dot_mask(rows, cols, 0.5 * (ca + cc), 0.5 * (rb + rd), 0.5)  # keep thin walls visible
+            img[inside] = colour
+    if circles is not None and len(circles):
+        colours = np.full((len(circles), 3), 60) if circle_colours is None else circle_colours
+        for (x, z, r), colour in zip(circles, colours):
+            c, r_ = to_px(x, z)
+            img[_dot_mask(rows, cols, c, r_, max(r * scale, 0.7))] = colour
+    if points is not None and len(points):
+        c, r = to_px(points[:, 0], points[:, 1])
+        ok = (c >= 0) & (c < size) & (r >= 0) & (r < size)
+        colours = np.array([40, 90, 220]) if point_colours is None else np.asarray(point_colours)[ok]
+        img[r[ok].astype(int), c[ok].astype(int)] = colours
+    if trajectory is not None and len(trajectory):
+        _polyline(img, *to_px(trajectory[:, 0], trajectory[:, 1]), (220, 40, 40))
+        c, r = to_px(*trajectory[-1])
+        img[_dot_mask(rows, cols, c, r, max(2.0, size / 100))] = (220, 40, 40)
+        if heading is not None:
+            tip = trajectory[-1] + 0.6 * np.array([-np.sin(heading), np.cos(heading)])  # 0.6 m ahead
+            tc, tr = to_px(*tip)
+            _polyline(img, np.array([c, tc]), np.array([r, tr]), (20, 20, 20))
+    return img
+
+
+def _dot_mask(rows: np.ndarray, cols: np.ndarray, c: float, r: float, radius: float) -> np.ndarray:
+    return (cols - c) ** 2 + (rows - r) ** 2 <= radius**2
+
+
+def _polyline(img: np.ndarray, cols: np.ndarray, rows: np.ndarray, colour) -> None:
+    """Draw the segments between consecutive (column, row) points, sampled every half pixel or finer."""
+    h, w = img.shape[:2]
+    cols, rows = np.atleast_1d(cols), np.atleast_1d(rows)
+    if len(cols) == 1:
+        cols, rows = np.repeat(cols, 2), np.repeat(rows, 2)
+    longest = np.max(np.maximum(np.abs(np.diff(cols)), np.abs(np.diff(rows))))
+    s = np.linspace(0.0, 1.0, int(2 * longest) + 2)  # (n,) samples along every segment
+    c = (cols[:-1, None] + s * np.diff(cols)[:, None]).astype(int).ravel()
+    r = (rows[:-1, None] + s * np.diff(rows)[:, None]).astype(int).ravel()
+    ok = (c >= 0) & (c < w) & (r >= 0) & (r < h)
+    img[r[ok], c[ok]] = colour

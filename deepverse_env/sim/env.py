@@ -1,0 +1,252 @@
+"""``DeepVerseSim-v0``: the ground-truth world as a Gymnasium env (DESIGN §3, §4)."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from deepverse_env.actions import ActionSet, get_action_set
+from deepverse_env.render import colorize_depth, draw_topdown, side_by_side, upscale
+from deepverse_env.sim import agent
+from deepverse_env.sim.raycast import SceneBatch, render
+from deepverse_env.sim.world import WALL, Scene, SceneConfig
+from world_model.geometry import default_intrinsics
+
+DEPTH_RANGE = (0.0, 12.0)  # metres spanned by the depth colour map of render()
+
+
+def check_arguments(action_set, frames_per_step, height, width, fov_deg, render_mode, render_modes) -> ActionSet:
+    """Validate the constructor arguments shared by the single and the vector env; returns the action set."""
+    actions = get_action_set(action_set)  # ValueError naming an unknown set
+    for name, value in (("frames_per_step", frames_per_step), ("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(fov_deg, (int, float, np.floating, np.integer)) or not 0.0 < fov_deg < 180.0:
+        raise ValueError(f"fov_deg must be in (0, 180), got {fov_deg!r}")
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
+    return actions
+
+
+def check_action(action, n: int) -> int:
+    """The index of a valid action, else a ValueError naming the value and the valid range."""
+    try:
+        i = operator.index(action)
+    except TypeError:
+        raise ValueError(f"action {action!r} is not an integer; expected an integer in [0, {n - 1}]") from None
+    if not 0 <= i < n:
+        raise ValueError(f"action {action!r} is out of range; expected an integer in [0, {n - 1}]")
+    return i
+
+
+def observation_space(height: int, width: int) -> spaces.Dict:
+    """The observation dict shared by DeepVerseSim-v0 and DeepVerse-v0."""
+    return spaces.Dict(
+        {
+            "rgb": spaces.Box(0, 255, (height, width, 3), np.uint8),
+            "depth": spaces.Box(0.0, np.inf, (height, width, 1), np.float32),
+            "pose": spaces.Box(-np.inf, np.inf, (4, 4), np.float32),
+            "intrinsics": spaces.Box(0.0, np.inf, (3, 3), np.float32),
+        }
+    )
+
+
+def render_frame(scene: Scene, trajectory: np.ndarray, heading: float, rgb: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """RGB | depth colour map | floor plan with the trajectory, upscaled to at least 256 pixels high.
+
+    Args:
+        trajectory: (T, 2) camera positions (x, z) so far, absolute.  heading: yaw of the last camera.
+        rgb: (H, W, 3) uint8.  depth: (H, W, 1) metres.
+    Returns:
+        (H', W', 3) uint8.
+    """
+    k = max(1, 256 // rgb.shape[0])
+    (x0, _, z0), (x1, _, z1) = scene.bounds
+    w = 0.15  # the enclosure, drawn as walls this thick around it
+    outer = np.array([[x0 - w, z0 - w, x1 + w, z0], [x0 - w, z1, x1 + w, z1 + w], [x0 - w, z0, x0, z1], [x1, z0, x1 + w, z1]])
+    solid = scene.boxes[:, 4] > -scene.agent_height  # what blocks the agent: walls and objects, not lintels
+    mat = scene.box_material[solid]
+    mean = scene.textures.reshape(len(scene.textures), -1, 3).mean(1)  # (NM, 3) mean colour of each material
+    grey = np.full((1, 3), 60.0)
+    topdown = draw_topdown(
+        rgb.shape[0] * k,
+        (x0 - w, x1 + w, z0 - w, z1 + w),
+        rects=np.concatenate([outer, scene.boxes[solid][:, [0, 2, 3, 5]]]),
+        rect_colours=np.concatenate([grey.repeat(4, 0), np.where((mat == WALL)[:, None], grey, mean[mat])]),
+        circles=np.concatenate([scene.cylinders[:, [0, 1, 2]], scene.spheres[:, [0, 2, 3]]]),
+        circle_colours=mean[np.concatenate([scene.cylinder_material, scene.sphere_material])],
+        trajectory=trajectory,
+        heading=heading,
+    )
+    depth_colours = colorize_depth(depth[..., 0], *DEPTH_RANGE)
+    return side_by_side(upscale(rgb, k), upscale(depth_colours, k), topdown)
+
+
+class DeepVerseSimEnv(gym.Env):
+    """
+    ## Description
+
+    The ground-truth world of DeepVerse: procedurally generated indoor scenes (a grid of rooms and
+    corridors joined by doorways, with boxes, pillars and spheres, textured and Lambert-shaded),
+    ray-cast in torch with exact RGB, z-depth, camera pose and intrinsics. A camera walks through
+    it; one step is one action held for a chunk of ``frames_per_step`` frames (the world model's
+    temporal chunk). Worlds are deterministic per seed, and the agent collides with walls and objects.
+
+    ## Action Space
+
+    ``Discrete(len(action_set))`` over a named set of ``deepverse_env.actions``: each action is a
+    per-frame camera motion (translation in the body frame, yaw about the vertical, pitch) and a
+    sentence. ``basic`` (9): stay, forward, backward, strafe left/right, turn left/right, look up/down;
+    ``deepverse`` (27): 9 translations x 3 rotations; ``full`` (81): x 3 pitches.
+    Motion per frame: 0.08 m, 3 degrees of yaw, 2.5 degrees of pitch (clamped to +-30 degrees). A move
+    that would collide is not applied (no sliding); turning still happens.
+
+    ## Observation Space
+
+    A ``Dict`` (DESIGN §3), the chunk's last frame:
+
+    | key          | shape     | dtype   | meaning                                                    |
+    |--------------|-----------|---------|------------------------------------------------------------|
+    | `rgb`        | (H, W, 3) | uint8   | colour image                                               |
+    | `depth`      | (H, W, 1) | float32 | z-depth in metres, > 0 and finite everywhere (closed rooms)|
+    | `pose`       | (4, 4)    | float32 | camera-to-world, OpenCV axes, relative to the first camera |
+    | `intrinsics` | (3, 3)    | float32 | pinhole K in pixels, pixel centres at integers             |
+
+    The episode's world frame is the camera frame of its first observation, so ``reset`` returns the
+    identity pose (and y points down along gravity, as the first camera is level).
+
+    ``info`` of ``step``: ``frames`` (dict of the chunk's ``rgb`` (F, H, W, 3), ``depth`` (F, H, W, 1),
+    ``pose`` (F, 4, 4), ``intrinsics`` (F, 3, 3)), ``abs_pose`` (4, 4) in the scene's own frame,
+    ``blocked`` (any frame's move was blocked), ``sentence`` (the action's sentence), ``scene_seed``.
+    ``info`` of ``reset``: ``abs_pose`` and ``scene_seed``.
+
+    ## Rewards
+
+    0.0 on every step; tasks add reward hooks (``deepverse_env.rewards``) on top.
+
+    ## Starting State
+
+    A new world per reset (its seed drawn from ``np_random``, or ``options={"scene_seed": k}``), the
+    camera at a free spot of a random room, 1.5 m above the floor, random heading, level.
+
+    ## Episode End
+
+    Never terminates; truncation after ``max_episode_steps`` (500 as registered) by the TimeLimit wrapper.
+
+    ## Arguments
+
+    ```python
+    >>> import gymnasium as gym
+    >>> import deepverse_env
+    >>> env = gym.make("DeepVerseSim-v0", action_set="deepverse", height=32, width=32)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs["rgb"].shape, obs["depth"].shape
+    ((32, 32, 3), (32, 32, 1))
+
+    ```
+
+    | argument          | default   | meaning                                                  |
+    |-------------------|-----------|----------------------------------------------------------|
+    | `action_set`      | "basic"   | "basic", "deepverse", "full" or an ``ActionSet``         |
+    | `frames_per_step` | 4         | frames per step (the chunk), >= 1                        |
+    | `height`, `width` | 64, 64    | image size in pixels                                     |
+    | `fov_deg`         | 75.0      | horizontal field of view, in (0, 180)                    |
+    | `render_mode`     | None      | "rgb_array": RGB, depth colour map and top-down map      |
+    | `scene_config`    | None      | ``SceneConfig`` of the worlds (default: its defaults)    |
+
+    ## Vectorized environment
+
+    ``gym.make_vec("DeepVerseSim-v0", num_envs=N, vectorization_mode="vector_entry_point")`` gives
+    ``DeepVerseSimVectorEnv``: N worlds rendered by one ray-cast call per step, next-step autoreset.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(
+        self,
+        action_set: str | ActionSet = "basic",
+        frames_per_step: int = 4,
+        height: int = 64,
+        width: int = 64,
+        fov_deg: float = 75.0,
+        render_mode: str | None = None,
+        scene_config: SceneConfig | None = None,
+    ):
+        self.actions = check_arguments(
+            action_set, frames_per_step, height, width, fov_deg, render_mode, self.metadata["render_modes"]
+        )
+        self.frames_per_step, self.height, self.width = int(frames_per_step), int(height), int(width)
+        self.render_mode = render_mode
+        self.scene_config = scene_config or SceneConfig()
+        self.K = default_intrinsics(self.height, self.width, float(fov_deg))  # (3, 3) torch float32
+        self.action_space = spaces.Discrete(len(self.actions))
+        self.observation_space = observation_space(self.height, self.width)
+        self.scene: Scene | None = None
+        self._batch: SceneBatch | None = None
+        self._start = self._state = None  # (4,) agent states: first camera, current camera
+        self._trajectory: list[np.ndarray] = []  # (x, z) per frame, for the top-down map
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # rgb, depth of the latest frame
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self.scene, self._state = agent.start_episode(
+            self.np_random, self.scene_config, (options or {}).get("scene_seed")
+        )
+        self._batch = SceneBatch.stack([self.scene])
+        self._start = self._state.copy()
+        self._trajectory = [self._state[:2].copy()]
+        frames = self._render_states(self._state[None])
+        obs = {k: v[-1] for k, v in frames.items()}
+        return obs, {"abs_pose": self._abs_pose(self._state), "scene_seed": self.scene.seed}
+
+    def step(self, action):
+        if self._state is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        a = self.actions[check_action(action, len(self.actions))]
+        states, blocked = [], False
+        for _ in range(self.frames_per_step):
+            self._state, b = agent.advance(self.scene, self._state, a)
+            states.append(self._state)
+            blocked |= b
+        self._trajectory.extend(s[:2] for s in states)
+        frames = self._render_states(np.stack(states))
+        obs = {k: v[-1] for k, v in frames.items()}
+        info = {
+            "frames": frames,
+            "abs_pose": self._abs_pose(self._state),
+            "blocked": blocked,
+            "sentence": a.sentence,
+            "scene_seed": self.scene.seed,
+        }
+        return obs, 0.0, False, False, info
+
+    def render(self):
+        if self.render_mode != "rgb_array" or self._last is None:
+            return None
+        return render_frame(self.scene, np.stack(self._trajectory), self._state[2], *self._last)
+
+    def _abs_pose(self, state: np.ndarray) -> np.ndarray:
+        return agent.camera_pose(state, self.scene.eye_height).astype(np.float32)
+
+    def _render_states(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """Frames of agent states (F, 4) in one ray-cast call: the observation keys, each (F, ...)."""
+        F = len(states)
+        c2w = torch.from_numpy(agent.camera_pose(states, self.scene.eye_height)).float()
+        K = self.K.expand(F, 3, 3)
+        rgb, depth = render(self._batch[torch.zeros(F, dtype=torch.int64)], c2w, K, self.height, self.width)
+        rgb, depth = rgb.numpy(), depth.numpy()
+        self._last = (rgb[-1], depth[-1])
+        return {
+            "rgb": rgb,
+            "depth": depth,
+            "pose": agent.relative_pose(self._start, states).astype(np.float32),
+            "intrinsics": K.numpy().copy(),
+        }
