@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny recorded dataset and a tiny world model (seconds on CPU)."""
+import pytest
+
+from world_model.model import DeepVerse, DeepVerseConfig
+
+TINY_DIT = dict(depth=1, width=32, heads=1, head_dim=16, text_dim=16)
+
+
+def tiny_config(**changes) -> DeepVerseConfig:
+    """16x16 frames -> 2x2 latents with the tiny VAE; a one-block DiT (``dit_overrides`` merge in)."""
+    dit = {**TINY_DIT, **changes.pop("dit_overrides", {})}
+    return DeepVerseConfig(height=16, width=16, dit_overrides=dit, **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_episodes(tmp_path_factory):
+    """Six 12-step episodes of 16x16 frames from the simulator."""
+    from deepverse_env.collect import collect
+
+    root = tmp_path_factory.mktemp("episodes")
+    collect(root, episodes=6, steps=12, seed=123, height=16, width=16, num_envs=6, progress=False)
+    return root
+
+
+@pytest.fixture
+def tiny_model() -> DeepVerse:
+    return DeepVerse(tiny_config())

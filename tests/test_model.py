@@ -1,0 +1,89 @@
+"""The composite world model: training losses, generation entry points and safe checkpoints."""
+import json
+
+import pytest
+import torch
+
+from world_model.episodes import EpisodeClips
+from world_model.model import DeepVerse, DeepVerseConfig, load_pretrained
+from world_model.text import SENTENCES
+
+from conftest import tiny_config
+
+
+def batch_of(model, root, n=4):
+    ds = EpisodeClips(root, model.clip_config())
+    return EpisodeClips.collate([ds[i] for i in range(n)])
+
+
+def test_world_model_loss_trains_dit_and_text_not_codec(tiny_model, tiny_episodes):
+    batch = batch_of(tiny_model, tiny_episodes)
+    tiny_model.config.completion_prob = 0.0
+    with torch.no_grad():  # adaLN-Zero starts every gate at 0, which blocks gradients to the text
+        for p in tiny_model.dit.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    loss, logs = tiny_model.loss(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and 1 <= logs["history"] <= tiny_model.history_frames
+    assert all(p.grad is None for p in tiny_model.codec.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.text_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny_model.dit.parameters())
+
+
+def test_completion_batches_and_codec_loss(tiny_model, tiny_episodes):
+    batch = batch_of(tiny_model, tiny_episodes)
+    tiny_model.config.completion_prob = 1.0
+    loss, logs = tiny_model.loss(batch)
+    assert logs["completion"] == 1 and torch.isfinite(loss)
+    closs, clogs = tiny_model.codec_loss(batch)
+    closs.backward()
+    assert all(p.grad is not None for p in tiny_model.codec.parameters())
+
+
+def test_generation_shapes_and_completion_keeps_rgb(tiny_model, tiny_episodes):
+    tiny_model.eval()
+    batch = batch_of(tiny_model, tiny_episodes, n=2)
+    lat = tiny_model.encode(batch)
+    nxt = tiny_model.next_latent(lat[:, :2], [SENTENCES[3]] * 2, tiny_model.encode(batch["memory"]), batch["has_memory"])
+    assert nxt.shape == (2, 1, *lat.shape[2:]) and torch.isfinite(nxt).all()
+    done = tiny_model.complete_first_frame(batch["rgb"][:, 0])
+    rgb = tiny_model.codec.rgb_slice
+    assert torch.allclose(done[:, 0, rgb], lat[:, 0, rgb], atol=1e-5)  # the given image is kept
+    with pytest.raises(ValueError, match="3 sentences for a batch of 2"):
+        tiny_model.next_latent(lat[:, :2], [SENTENCES[0]] * 3)
+
+
+def test_checkpoint_round_trip_and_errors(tiny_model, tmp_path):
+    path = tiny_model.save_pretrained(tmp_path / "ckpt")
+    again = DeepVerse.from_pretrained(path)
+    for (k, a), (_, b) in zip(tiny_model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert load_pretrained(path).config == tiny_model.config
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        DeepVerse.from_pretrained(tmp_path / "nowhere")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    (bad / "model.safetensors").write_bytes(b"\x80\x04 this is a pickle, not weights")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        DeepVerse.from_pretrained(bad)
+    other = tmp_path / "other"
+    DeepVerse(tiny_config(dit_overrides={"depth": 2})).save_pretrained(other)
+    (other / "config.json").write_text((path / "config.json").read_text())  # weights of another size
+    with pytest.raises(ValueError, match="does not match"):
+        DeepVerse.from_pretrained(other)
+    (other / "config.json").write_text(json.dumps({"codec": "tiny", "colour": "blue"}))
+    with pytest.raises(ValueError, match="colour"):
+        DeepVerse.from_pretrained(other)
+
+
+def test_bad_config_values():
+    with pytest.raises(ValueError, match="unknown codec preset 'huge'"):
+        DeepVerseConfig(codec="huge")
+    with pytest.raises(ValueError, match="height must be a positive integer, got 0"):
+        DeepVerseConfig(height=0)
+    with pytest.raises(ValueError, match="'warp'"):
+        DeepVerseConfig(flow_overrides={"warp": 2})
+    with pytest.raises(ValueError, match="height 20 is not a positive multiple"):
+        DeepVerse(DeepVerseConfig(height=20, width=16))

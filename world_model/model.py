@@ -1,0 +1,276 @@
+"""The DeepVerse world model as one object: codec + text encoder + MM-DiT + flow matching.
+
+    model = DeepVerse(DeepVerseConfig())               # tiny: 64x64 frames, 4 frames per chunk
+    loss, logs = model.loss(batch)                      # a batch of EpisodeClips (world-model stage)
+    latent = model.next_latent(history, sentences)      # one chunk, two-condition guidance
+    model.save_pretrained("ckpt/"); DeepVerse.from_pretrained("ckpt/")
+
+Training has two stages (DESIGN M4, M8): the codec first (``codec_loss``), then the world model with
+the codec frozen (``loss``). In the second stage each batch picks a history length h uniformly in
+1..m and predicts latent frame h from frames 0..h-1 with that chunk's caption, so the model sees every
+cache fill level the rollout meets; with probability ``completion_prob`` the batch is instead
+first-frame completion (M9): frame 0's RGB latent is given and its depth and raymap are generated,
+with the null text and no history.
+
+Checkpoints that users load are ``config.json`` + ``model.safetensors``: no pickle is ever executed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tensordict import TensorDict
+from torch import Tensor, nn
+
+from world_model import geometry as G
+from world_model.codec import CODEC_PRESETS, Codec, build_codec
+from world_model.episodes import ClipConfig
+from world_model.flow import FlowConfig, FlowMatching
+from world_model.mmdit import MMDiT
+from world_model.presets import config as dit_config
+from world_model.text import SENTENCES
+from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
+
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+@dataclass
+class DeepVerseConfig:
+    """Every size and switch of the world model; JSON round-trips through ``to_dict``/``from_dict``."""
+
+    codec: str = "tiny"  # CODEC_PRESETS name ("tiny", "paper", "pixel")
+    codec_overrides: dict = field(default_factory=dict)  # e.g. {"use_depth": False} for the no-depth ablation
+    dit: str = "tiny"  # world_model.presets name
+    dit_overrides: dict = field(default_factory=dict)  # e.g. {"history_mode": "channel"} (Model 1)
+    text_overrides: dict = field(default_factory=dict)  # TextEncoderConfig fields (dim follows the DiT)
+    flow_overrides: dict = field(default_factory=dict)  # FlowConfig fields (sampler steps, guidance, dropout)
+    height: int = 64  # frame size the codec sees
+    width: int = 64
+    use_memory: bool = True  # condition on a ψ-retrieved memory frame (off = the no-memory ablation)
+    completion_prob: float = 0.1  # share of training batches that are first-frame completion (M9)
+
+    def __post_init__(self):
+        if self.codec not in CODEC_PRESETS:
+            raise ValueError(f"unknown codec preset {self.codec!r}; expected one of {sorted(CODEC_PRESETS)}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.completion_prob <= 1.0:
+            raise ValueError(f"completion_prob must be in [0, 1], got {self.completion_prob!r}")
+        for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig)):
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key in getattr(self, name):
+                if key not in known:
+                    raise ValueError(f"unknown {cls.__name__} field {key!r} in {name}; expected one of {sorted(known)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DeepVerseConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown DeepVerseConfig field(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+
+class DeepVerse(nn.Module):
+    """Codec, text encoder, MM-DiT and flow matching under one config."""
+
+    def __init__(self, config: DeepVerseConfig | None = None):
+        super().__init__()
+        self.config = config = config or DeepVerseConfig()
+        codec_cfg = dataclasses.replace(CODEC_PRESETS[config.codec], **config.codec_overrides)
+        self.codec: Codec = build_codec(codec_cfg)
+        h, w = self.codec.latent_size(config.height, config.width)
+        self.dit = MMDiT(
+            dit_config(config.dit, latent_channels=self.codec.latent_channels, latent_size=(h, w), **config.dit_overrides)
+        )
+        text_cfg = dataclasses.replace(TextEncoderConfig(dim=self.dit.config.text_dim), **config.text_overrides)
+        if text_cfg.dim != self.dit.config.text_dim:
+            raise ValueError(f"text dim {text_cfg.dim} must equal the DiT's text_dim {self.dit.config.text_dim}")
+        self.text_encoder = VocabTextEncoder(text_cfg)
+        self.flow = FlowMatching(FlowConfig(**config.flow_overrides))
+
+    # ---- sizes ---------------------------------------------------------------------------------
+
+    @property
+    def history_frames(self) -> int:
+        """m: the most latent frames of history the model conditions on."""
+        return self.dit.config.history_frames
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Video frames per generated latent frame (= one env step)."""
+        return self.codec.temporal_factor
+
+    def clip_config(self, **overrides) -> ClipConfig:
+        """The training clips this model needs: m chunks, so h = 1..m history frames each have a target."""
+        return ClipConfig(chunks=self.history_frames, memory=self.config.use_memory, future_chunks=1, **overrides)
+
+    # ---- encoding ------------------------------------------------------------------------------
+
+    def encode(self, states: TensorDict) -> Tensor:
+        """Latents (B, T', C, h, w) of normalised states (B,) with rgb/depth/raymap (T, *, H, W)."""
+        depth = states["depth"] if self.codec.use_depth else None
+        return self.codec.encode(states["rgb"], depth, states["raymap"])
+
+    def text(self, sentences: list[str]) -> TextEmbedding:
+        return self.text_encoder.encode(list(sentences))
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def codec_loss(self, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        """Stage 1: reconstruction + KL of the codec on a batch of clips."""
+        depth = batch["depth"] if self.codec.use_depth else None
+        return self.codec.loss(batch["rgb"], depth, batch["raymap"])
+
+    def loss(self, batch: TensorDict, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Stage 2: flow-matching loss of the MM-DiT and text encoder, the codec frozen.
+
+        Args:
+            batch: EpisodeClips items stacked (B,): rgb/depth/raymap (T, *, H, W) with T = 1 + m * tf,
+                caption_ids (m,), and with memory: memory (1, *, H, W), has_memory.
+        """
+        with torch.no_grad():
+            latents = self.encode(batch)  # (B, T', C, h, w)
+        B, Tp = latents.shape[:2]
+        if Tp < 2:
+            raise ValueError(f"clips need at least one chunk after the first frame, got {Tp} latent frames")
+        draw = torch.rand(2, generator=generator)
+        null = self.text_encoder.null(B)
+        if draw[0] < self.config.completion_prob:
+            known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=latents.device)
+            known[:, :, self.codec.rgb_slice] = True
+            out = self.flow.loss(self.dit, latents[:, :1], None, null, null, known=known, generator=generator)
+            return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(0.0), "completion": torch.tensor(1.0)}
+        h = 1 + int(draw[1] * min(Tp - 1, self.history_frames))  # history length 1..m
+        history = latents[:, max(0, h - self.history_frames) : h]  # (B, <=m, C, h, w)
+        text = self.text([SENTENCES[i] for i in batch["caption_ids"][:, h - 1].tolist()])
+        spatial = mask = None
+        if self.config.use_memory and "memory" in batch.keys():
+            with torch.no_grad():
+                spatial = self.encode(batch["memory"])  # (B, 1, C, h, w)
+            mask = batch["has_memory"].bool()
+        out = self.flow.loss(self.dit, latents[:, h : h + 1], history, text, null, spatial, mask, generator=generator)
+        return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(float(h)), "completion": torch.tensor(0.0)}
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def next_latent(
+        self,
+        history: Tensor,
+        sentences: list[str],
+        spatial: Tensor | None = None,
+        spatial_mask: Tensor | None = None,
+        *,
+        steps: int | None = None,
+        s_text: float | None = None,
+        s_spatial: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The next latent frame (one chunk) of each world.
+
+        Args:
+            history: (B, Th, C, h, w) latents of the current window (the last m are used).
+            sentences: B action sentences.
+            spatial: (B, 1, C, h, w) memory frame in this window, or None; spatial_mask: (B,) found.
+        Returns:
+            (B, 1, C, h, w).
+        """
+        if len(sentences) != history.shape[0]:
+            raise ValueError(f"got {len(sentences)} sentences for a batch of {history.shape[0]} worlds")
+        text = self.text(sentences)
+        return self.flow.sample(
+            self.dit, history[:, -self.history_frames :], 0.0, text, self.text_encoder.null(len(sentences)),
+            spatial if self.config.use_memory else None, spatial_mask if self.config.use_memory else None,
+            frames=1, steps=steps, s_text=s_text, s_spatial=s_spatial, generator=generator,
+        )
+
+    @torch.no_grad()
+    def complete_first_frame(
+        self, rgb: Tensor, *, steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """First-frame completion (M9): the latent of a single RGB frame with its depth and camera generated.
+
+        Args:
+            rgb: (B, 3, H, W) in [-1, 1].
+        Returns:
+            (B, 1, C, h, w): the given RGB latent, generated depth latent and raymap (window frame 0).
+        """
+        B, _, H, W = rgb.shape
+        placeholder_rays = G.camera_to_raymap(G.default_intrinsics(H, W).to(rgb), torch.eye(4).to(rgb), H, W)
+        frames = rgb[:, None]  # (B, 1, 3, H, W)
+        depth = torch.zeros_like(frames[:, :, :1]) if self.codec.use_depth else None
+        given = self.codec.encode(frames, depth, placeholder_rays.expand(B, 1, 6, H, W))  # rgb part is real
+        known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=rgb.device)
+        known[:, :, self.codec.rgb_slice] = True
+        null = self.text_encoder.null(B)
+        return self.flow.sample(
+            self.dit, None, 0.0, null, null, frames=1, steps=steps, s_text=1.0,
+            known=known, known_values=given, generator=generator,
+        )
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``, atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "deepverse/1"})
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> DeepVerse:
+        """Load a ``save_pretrained`` directory. Raises ValueError/FileNotFoundError naming the bad file."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {path} is not a directory with {CONFIG_FILE} and {WEIGHTS_FILE}")
+        cfg_file, weights = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for f in (cfg_file, weights):
+            if not f.is_file():
+                raise FileNotFoundError(f"checkpoint {path} lacks {f.name}")
+        try:
+            config = DeepVerseConfig.from_dict(json.loads(cfg_file.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{cfg_file} is not a DeepVerse config ({e})") from None
+        try:
+            state = load_file(str(weights), device=str(map_location))
+        except Exception as e:  # safetensors raises its own error types for non-safetensors files
+            raise ValueError(f"{weights} is not a safetensors file ({type(e).__name__}: {e})") from None
+        model = cls(config)
+        own = model.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{weights} does not match {cfg_file}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                f"wrong shapes {sorted(wrong)[:3]} (of {len(missing)}, {len(unexpected)}, {len(wrong)})"
+            )
+        model.load_state_dict(state)
+        return model.eval()
+
+
+SHIPPED = Path(__file__).parent / "pretrained" / "tiny"
+
+
+def load_pretrained(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> DeepVerse:
+    """The shipped model (no arguments: ``world_model/pretrained/tiny``, trained by us, offline) or any
+    ``save_pretrained`` directory."""
+    return DeepVerse.from_pretrained(SHIPPED if path is None else path, map_location)
