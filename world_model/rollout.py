@@ -1,0 +1,292 @@
+"""Long rollouts: the sliding window with rescaling and the geometric memory (the paper's Algorithm 1, M11, M13).
+
+A ``Rollout`` runs B independent worlds. Each world holds
+
+- a *window*: up to ``cache_max`` latent frames, normalised to the window's first camera (``anchor``,
+  its pose in the episode frame) and scale (``scale``, metres per unit, ``geometry.window_scale``);
+- the window's decoded frames in metres and in the episode frame (the first camera's coordinates),
+  which is what the env observes and what re-normalisation starts from;
+- a ``MemoryPool`` of keyframes that left the window, with their poses in the episode frame measured in
+  units of the *first* window's scale (so the whole rollout is scale-equivariant: a scene scaled by
+  a factor yields the same images and depths scaled by that factor).
+
+``step(sentences)`` generates one chunk per world: ψ retrieves a memory keyframe for the current camera,
+it is normalised into the current window and encoded as the spatial condition; the MM-DiT generates the
+next latent frame from the window (its last m frames) with two-condition guidance; the window is decoded
+and the chunk's frames returned in metres, with poses and intrinsics recovered from the predicted
+raymaps. When the window would exceed ``cache_max`` it slides (Algorithm 1): the frames that leave are
+stored in memory, the last ``keep`` latent frames' decoded frames are re-normalised by the first of them
+(new anchor, new scale from its depth) and re-encoded, and generation continues.
+
+Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) * tf decoded frames and
+``MemoryConfig.capacity`` keyframes; nothing grows with episode length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+
+from world_model import geometry as G
+from world_model.episodes import normalize_frames
+from world_model.memory import MemoryConfig, MemoryPool
+from world_model.model import DeepVerse
+
+FRAME_KEYS = ("rgb", "depth", "pose", "intrinsics")
+
+
+@dataclass
+class RolloutConfig:
+    cache_max: int = 6  # CacheMaxSize: latent frames in a window before it slides
+    keep: int | None = None  # latent frames kept as the next window's context; None = min(m, cache_max - 1)
+    steps: int | None = None  # flow steps per chunk (None = the model's FlowConfig)
+    s_text: float | None = None  # text guidance (None = FlowConfig)
+    s_spatial: float | None = None  # memory guidance (None = FlowConfig)
+    use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
+
+
+class Rollout:
+    """Batched autoregressive 4D rollout of a ``DeepVerse`` model (B independent worlds).
+
+    Args:
+        model: the world model (put in eval mode).
+        batch_size: B.
+        config: window, sampler and memory settings.
+        generator: sampler noise (seeded => deterministic rollouts).
+    """
+
+    def __init__(
+        self, model: DeepVerse, batch_size: int, config: RolloutConfig | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self.model = model.eval()
+        self.config = c = config or RolloutConfig()
+        if int(c.cache_max) != c.cache_max or c.cache_max < 2:
+            raise ValueError(f"cache_max must be an integer >= 2, got {c.cache_max!r}")
+        self.keep = c.keep if c.keep is not None else max(1, min(model.history_frames, c.cache_max - 1))
+        if not 1 <= self.keep < c.cache_max:
+            raise ValueError(f"keep ({self.keep}) must be in 1..cache_max-1 (cache_max {c.cache_max})")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not model.codec.use_depth:
+            raise ValueError("rollouts need a codec with depth (the no-depth ablation cannot be rolled out in 4D)")
+        self.B = int(batch_size)
+        self.generator = generator
+        self.tf = model.codec.temporal_factor
+        self.H, self.W = model.config.height, model.config.width
+        C = model.codec.latent_channels
+        h, w = model.codec.latent_size(self.H, self.W)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.latents = torch.zeros(self.B, c.cache_max, C, h, w, device=self.device)  # (B, L, C, h, w)
+        self.length = torch.zeros(self.B, dtype=torch.long, device=self.device)  # latent frames in each window
+        self.frames = self._blank_frames(1 + (c.cache_max - 1) * self.tf)  # (B, T) metric, episode frame
+        self.anchor = torch.eye(4, device=self.device).repeat(self.B, 1, 1)  # (B, 4, 4) window's first camera
+        self.scale = torch.ones(self.B, device=self.device)  # (B,) metres per unit of the window
+        self.unit = torch.ones(self.B, device=self.device)  # (B,) the first window's scale: memory units
+        self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def _blank_frames(self, T: int, B: int | None = None) -> TensorDict:
+        B = self.B if B is None else B
+        return TensorDict(
+            {
+                "rgb": torch.zeros(B, T, self.H, self.W, 3, dtype=torch.uint8),
+                "depth": torch.ones(B, T, self.H, self.W, 1),
+                "pose": torch.eye(4).repeat(B, T, 1, 1),
+                "intrinsics": torch.eye(3).repeat(B, T, 1, 1),
+            },
+            batch_size=[B, T],
+            device=self.device,
+        )
+
+    def _state(self) -> dict:
+        return {"latents": self.latents, "length": self.length, "frames": self.frames, "anchor": self.anchor,
+                "scale": self.scale, "unit": self.unit}
+
+    def clone(self) -> Rollout:
+        """An independent copy of every world (planners branch from it); shares the model."""
+        return self.select(torch.arange(self.B, device=self.device))
+
+    def select(self, index: Tensor) -> Rollout:
+        """A rollout of worlds ``index`` (B',) of this one (repeats allowed: one state -> many candidates)."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        out = Rollout.__new__(Rollout)
+        out.__dict__.update(self.__dict__)
+        out.B = len(index)
+        for name, value in self._state().items():
+            setattr(out, name, value[index].clone())
+        out.memory = self.memory.select(index)
+        return out
+
+    def load(self, other: Rollout) -> None:
+        """Overwrite every world with a copy of ``other``'s (same batch size)."""
+        if other.B != self.B:
+            raise ValueError(f"cannot load a rollout of {other.B} worlds into one of {self.B}")
+        for name, value in other._state().items():
+            setattr(self, name, value.clone())
+        self.memory.load_state(other.memory)
+
+    # ---- start ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset(
+        self, rgb: Tensor, depth: Tensor | None = None, intrinsics: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> TensorDict:
+        """Start worlds from a first frame.
+
+        Args:
+            rgb: (B', H, W, 3) uint8, B' = worlds in ``mask`` (all B when None).
+            depth: (B', H, W, 1) metres and intrinsics (B', 3, 3): a known 4D first frame (e.g. from the
+                simulator). Without them the depth and camera are generated (first-frame completion, M9)
+                and depth is in units of ``completion_scale`` metres.
+            mask: (B,) bool, the worlds to (re)start; the others continue untouched.
+        Returns:
+            the first frames of the started worlds, TensorDict (B',) with rgb, depth, pose (identity:
+            the episode frame is the first camera's), intrinsics.
+        """
+        mask = torch.ones(self.B, dtype=torch.bool, device=self.device) if mask is None else mask.bool()
+        n = int(mask.sum())
+        self._check_frame("rgb", rgb, (n, self.H, self.W, 3), torch.uint8)
+        if (depth is None) != (intrinsics is None):
+            raise ValueError("pass depth and intrinsics together (or neither, to generate them)")
+        eye = torch.eye(4, device=self.device).repeat(n, 1, 1)
+        if depth is not None:
+            self._check_frame("depth", depth, (n, self.H, self.W, 1), torch.float32)
+            if not bool((depth > 0).all()):
+                raise ValueError("depth must be > 0 everywhere")
+            self._check_frame("intrinsics", intrinsics, (n, 3, 3), torch.float32)
+            first = TensorDict({"rgb": rgb, "depth": depth, "pose": eye, "intrinsics": intrinsics}, [n]).to(self.device)
+            scale = G.window_scale(first["depth"][..., 0])
+            latent = self.model.encode(normalize_frames(first[:, None], eye, scale))  # (n, 1, C, h, w)
+        else:
+            scale = torch.full((n,), float(self.config.completion_scale), device=self.device)
+            latent = self.model.complete_first_frame(
+                rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, steps=self.config.steps,
+                generator=self.generator,
+            )
+            decoded = self.model.codec.decode(latent)
+            K = decoded["K"][:, 0]
+            # The window's first camera is the identity by definition: keep the predicted intrinsics only.
+            rays = G.camera_to_raymap(K, eye, self.H, self.W)[:, None]  # (n, 1, 6, H, W)
+            latent[:, :, self.model.codec.raymap_slice] = self.model.codec.encode_raymap(rays)
+            first = TensorDict(
+                {"rgb": rgb.to(self.device), "depth": G.decode_depth(decoded["depth"][:, 0, 0], scale)[..., None],
+                 "pose": eye, "intrinsics": K},
+                [n],
+            )
+        idx = mask.nonzero()[:, 0]
+        self.latents[idx] = 0
+        self.latents[idx, :1] = latent
+        self.length[idx] = 1
+        self.frames[idx] = self._blank_frames(self.frames.shape[1], n)
+        self.frames[idx, :1] = first[:, None]
+        self.anchor[idx], self.scale[idx], self.unit[idx] = eye, scale, scale
+        self.memory.reset(mask)
+        return first
+
+    def _check_frame(self, name: str, x, shape: tuple, dtype) -> None:
+        if not torch.is_tensor(x) or tuple(x.shape) != shape:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"{name} must be a tensor of shape {shape}, got {got}")
+        if x.dtype != dtype:
+            raise ValueError(f"{name} must have dtype {dtype}, got {x.dtype}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} has NaN or infinite values")
+
+    # ---- step ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, sentences: list[str]) -> TensorDict:
+        """Generate one chunk per world.
+
+        Args:
+            sentences: B action sentences (``world_model.text.SENTENCES``).
+        Returns:
+            TensorDict (B, tf): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) in the episode
+            frame, intrinsics (3, 3).
+        """
+        if len(sentences) != self.B:
+            raise ValueError(f"got {len(sentences)} sentences for {self.B} worlds")
+        if not bool((self.length > 0).all()):
+            raise RuntimeError("call reset() before step(): some worlds were never started")
+        spatial, found = self._spatial()
+        chunk = self._blank_frames(self.tf)
+        groups = [(n, (self.length == n).nonzero()[:, 0]) for n in self.length.unique().tolist()]
+        for n, idx in groups:  # worlds at the same window length share one model call
+            new = self.model.next_latent(
+                self.latents[idx, :n], [sentences[i] for i in idx.tolist()],
+                None if spatial is None else spatial[idx], None if found is None else found[idx],
+                steps=self.config.steps, s_text=self.config.s_text, s_spatial=self.config.s_spatial,
+                generator=self.generator,
+            )  # (b, 1, C, h, w)
+            window = torch.cat([self.latents[idx, :n], new], dim=1)  # (b, n + 1, C, h, w)
+            frames = self._to_metric(self.model.codec.decode(window), idx)  # (b, T)
+            chunk[idx] = frames[:, -self.tf :]
+            self._append(idx, n, new, frames)
+        return chunk
+
+    def _spatial(self) -> tuple[Tensor | None, Tensor | None]:
+        """ψ-retrieved memory keyframes, normalised into each world's current window and encoded."""
+        if not (self.config.use_memory and self.model.config.use_memory):
+            return None, None
+        last = self.frames["pose"][torch.arange(self.B), self._frame_count() - 1]  # (B, 4, 4) current camera
+        payload, c2w, found = self.memory.retrieve(G.scale_poses(last, 1 / self.unit))
+        if not bool(found.any()):
+            return None, None
+        K = self.frames["intrinsics"][:, 0]
+        frame = TensorDict(
+            {"rgb": payload[:, :3].movedim(1, -1).round().clamp(0, 255).to(torch.uint8),
+             "depth": payload[:, 3:].movedim(1, -1).clamp_min(1e-6),
+             "pose": G.unscale_poses(c2w, self.unit), "intrinsics": K},
+            [self.B],
+        )
+        return self.model.encode(normalize_frames(frame[:, None], self.anchor, self.scale)), found
+
+    def _to_metric(self, decoded: dict, idx: Tensor) -> TensorDict:
+        """Decoded window (b, T) -> frames in metres and the episode frame."""
+        scale = self.scale[idx]
+        depth = G.decode_depth(decoded["depth"][:, :, 0], scale[:, None])[..., None]  # (b, T, H, W, 1)
+        pose = self.anchor[idx, None] @ G.unscale_poses(decoded["c2w"], scale[:, None])  # (b, T, 4, 4)
+        rgb = ((decoded["rgb"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(2, -1)
+        return TensorDict({"rgb": rgb, "depth": depth, "pose": pose, "intrinsics": decoded["K"]}, list(rgb.shape[:2]))
+
+    def _frame_count(self) -> Tensor:
+        return 1 + (self.length - 1) * self.tf  # (B,)
+
+    def _append(self, idx: Tensor, n: int, new: Tensor, frames: TensorDict) -> None:
+        """Add a generated latent to windows of length n; slide those that are full (Algorithm 1)."""
+        T = frames.shape[1]
+        if n + 1 <= self.config.cache_max:
+            self.latents[idx, n] = new[:, 0]
+            self.frames[idx, :T] = frames
+            self.length[idx] = n + 1
+            return
+        # The window is full: keyframes leaving it go to memory, the last `keep` latents start a new window.
+        drop = n + 1 - self.keep
+        for j in range(drop):
+            key = frames[:, j * self.tf]  # (b,) keyframe of latent j
+            payload = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
+            mask = torch.zeros(self.B, dtype=torch.bool, device=self.device)
+            mask[idx] = True
+            full_payload = torch.zeros(self.B, 4, self.H, self.W, device=self.device)
+            full_pose = torch.eye(4, device=self.device).repeat(self.B, 1, 1)
+            full_payload[idx] = payload
+            full_pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
+            self.memory.add(full_payload, full_pose, mask)
+        kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
+        anchor = kept["pose"][:, 0]
+        scale = G.window_scale(kept["depth"][:, 0, ..., 0])
+        latents = self.model.encode(normalize_frames(kept, anchor, scale))  # (b, keep, C, h, w)
+        self.latents[idx] = 0
+        self.latents[idx, : self.keep] = latents
+        self.frames[idx] = self._blank_frames(self.frames.shape[1], len(idx))
+        self.frames[idx, : kept.shape[1]] = kept
+        self.anchor[idx], self.scale[idx] = anchor, scale
+        self.length[idx] = self.keep
