@@ -2,6 +2,7 @@
 
     deepverse collect --out DIR --episodes N --steps T --seed S   record episodes from the simulator
     deepverse bench sim [--out FILE]     simulator throughput at 64x64, as JSON on the last line
+    deepverse bench model [--out FILE]   world-model FLOPs, ms per flow step, frames/s, cache speed-up, MFU
 
 Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func`` to the function that runs it; ``build_parser`` lists them.
@@ -68,6 +69,13 @@ def bench_sim(args: argparse.Namespace) -> dict:
     return result
 
 
+def bench_model(args: argparse.Namespace) -> dict:
+    """The MM-DiT sampler's speed (``world_model.bench.bench_model``) for a preset."""
+    from world_model.bench import bench_model as run
+
+    return run(preset=args.preset, batch_sizes=tuple(args.batch_sizes), repeats=args.repeats)
+
+
 def add_bench(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="measure throughput")
     targets = bench.add_subparsers(dest="target", metavar="TARGET", required=True)
@@ -78,6 +86,16 @@ def add_bench(subparsers) -> None:
     sim.add_argument("--frames-per-step", type=int, default=4)
     sim.add_argument("--steps", type=int, default=100, help="env steps timed for the single env")
     sim.set_defaults(func=bench_sim)
+    model = targets.add_parser(
+        "model",
+        help="world-model FLOPs per flow step, ms per step, generated frames/s (B=1 and batched), K/V-cache "
+        "speed-up and MFU against fp32/bf16 matmul peaks measured in the same run",
+    )
+    model.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
+    model.add_argument("--preset", default="tiny", help="MM-DiT preset (default tiny)")
+    model.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="rollouts side by side")
+    model.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best and median)")
+    model.set_defaults(func=bench_model)
 
 
 def run_collect(args: argparse.Namespace) -> dict:
