@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny recorded dataset and a tiny world model (seconds on CPU)."""
 import pytest
+import torch
 
 from world_model.model import DeepVerse, DeepVerseConfig
 
@@ -25,3 +26,13 @@ def tiny_episodes(tmp_path_factory):
 @pytest.fixture
 def tiny_model() -> DeepVerse:
     return DeepVerse(tiny_config())
+
+
+def perturb_zero_init(model: torch.nn.Module, seed: int = 0) -> None:
+    """adaLN-Zero starts every gate at 0, which leaves some gradients exactly zero and the untrained
+    model constant; give every all-zero weight a small random value."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 0 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)

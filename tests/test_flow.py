@@ -6,6 +6,8 @@ from world_model.flow import FlowConfig, FlowMatching
 from world_model.mmdit import MMDiT, MMDiTConfig
 from world_model.text_encoder import TextEmbedding
 
+from conftest import perturb_zero_init
+
 C, H, W = 5, 4, 6
 
 
@@ -16,14 +18,6 @@ def tiny_config(**overrides) -> MMDiTConfig:
     )
     return MMDiTConfig(**{**base, **overrides})
 
-
-def perturb_zero_init(model: MMDiT, seed: int = 0):
-    """Give every all-zero (adaLN-Zero) weight a small value so the untrained model is not constant."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 0 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 def model_and_batch(B=2, Th=2, seed=0, **overrides):

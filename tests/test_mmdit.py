@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 from world_model.mmdit import HISTORY, NOISY, SPATIAL, TEXT, MMDiT, MMDiTConfig, apply_rope, unpatchify
 
+from conftest import perturb_zero_init
+
 C, H, W = 5, 4, 6  # odd sizes so no shape coincides by accident
 
 
@@ -31,14 +33,6 @@ def inputs(B=2, Th=2, k=1, L=3, S=1, seed=0):
         spatial=torch.randn(B, S, C, H, W, generator=g) if S else None,
     )
 
-
-def perturb_zero_init(model: MMDiT, seed: int = 0):
-    """adaLN-Zero leaves some gradients exactly zero at init; give every all-zero weight a small value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 0 and not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 @pytest.mark.parametrize("mode", ["token", "channel"])

@@ -8,7 +8,7 @@ from world_model.episodes import EpisodeClips
 from world_model.model import DeepVerse, DeepVerseConfig, load_pretrained
 from world_model.text import SENTENCES
 
-from conftest import tiny_config
+from conftest import perturb_zero_init, tiny_config
 
 
 def batch_of(model, root, n=4):
@@ -19,10 +19,7 @@ def batch_of(model, root, n=4):
 def test_world_model_loss_trains_dit_and_text_not_codec(tiny_model, tiny_episodes):
     batch = batch_of(tiny_model, tiny_episodes)
     tiny_model.config.completion_prob = 0.0
-    with torch.no_grad():  # adaLN-Zero starts every gate at 0, which blocks gradients to the text
-        for p in tiny_model.dit.parameters():
-            if not p.any():
-                p.normal_(0, 0.02)
+    perturb_zero_init(tiny_model.dit)  # zero gates would block every gradient to the text encoder
     loss, logs = tiny_model.loss(batch, generator=torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and 1 <= logs["history"] <= tiny_model.history_frames
