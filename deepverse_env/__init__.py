@@ -1,10 +1,14 @@
-"""DeepVerse as a Gymnasium world: the ground-truth simulator (and, later, the learned world model env).
+"""DeepVerse as a Gymnasium world: the ground-truth simulator and the learned world model.
 
-Importing the package registers the environments:
+Importing the package registers the environments (``gym.make("deepverse_env:DeepVerse-v0")`` imports it
+for you):
 
 - ``DeepVerseSim-v0``: ``deepverse_env.sim.env.DeepVerseSimEnv``, with the native batched
   ``deepverse_env.sim.vector_env.DeepVerseSimVectorEnv`` as its vector entry point
   (``gym.make_vec("DeepVerseSim-v0", num_envs=N, vectorization_mode="vector_entry_point")``).
+- ``DeepVerse-v0``: ``deepverse_env.learned_env.DeepVerseEnv``, the world model's rollout with the same
+  spaces and step, with ``deepverse_env.learned_vector_env.DeepVerseVectorEnv`` (one batched model call
+  for N worlds) as its vector entry point. Its default checkpoint is the shipped model.
 """
 from gymnasium.envs.registration import register
 
@@ -12,5 +16,11 @@ register(
     id="DeepVerseSim-v0",
     entry_point="deepverse_env.sim.env:DeepVerseSimEnv",
     vector_entry_point="deepverse_env.sim.vector_env:DeepVerseSimVectorEnv",
+    max_episode_steps=500,
+)
+register(
+    id="DeepVerse-v0",
+    entry_point="deepverse_env.learned_env:DeepVerseEnv",
+    vector_entry_point="deepverse_env.learned_vector_env:DeepVerseVectorEnv",
     max_episode_steps=500,
 )

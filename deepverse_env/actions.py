@@ -62,6 +62,9 @@ class ActionSet:
     def __len__(self) -> int:
         return len(self.actions)
 
+    def __iter__(self):
+        return iter(self.actions)
+
     def __getitem__(self, index: int) -> Action:
         if not hasattr(index, "__index__"):
             raise TypeError(f"action index must be an integer, got {index!r}")

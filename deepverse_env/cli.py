@@ -3,6 +3,8 @@
     deepverse collect --out DIR --episodes N --steps T --seed S   record episodes from the simulator
     deepverse bench sim [--out FILE]     simulator throughput at 64x64, as JSON on the last line
     deepverse bench model [--out FILE]   world-model FLOPs, ms per flow step, frames/s, cache speed-up, MFU
+    deepverse bench env [--checkpoint DIR] [--out FILE]   DeepVerse-v0 steps/s, single and batched, vs the simulator
+    deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
 
 Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func`` to the function that runs it; ``build_parser`` lists them.
@@ -76,6 +78,53 @@ def bench_model(args: argparse.Namespace) -> dict:
     return run(preset=args.preset, batch_sizes=tuple(args.batch_sizes), repeats=args.repeats)
 
 
+def bench_env(args: argparse.Namespace) -> dict:
+    """Steps and frames per second of DeepVerse-v0, one env and N batched, beside the simulator's."""
+    import numpy as np
+    import torch
+
+    from deepverse_env.learned_env import DeepVerseEnv, load_model
+    from deepverse_env.learned_vector_env import DeepVerseVectorEnv
+    from deepverse_env.sim.env import DeepVerseSimEnv
+    from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
+
+    model = load_model(args.checkpoint)
+    H, W, F, N = model.config.height, model.config.width, model.frames_per_chunk, args.num_envs
+    size = dict(height=H, width=W, frames_per_step=F)
+    result = {
+        "checkpoint": "shipped" if args.checkpoint is None else str(args.checkpoint),
+        "height": H, "width": W, "frames_per_step": F, "flow_steps": model.flow.config.steps, "num_envs": N,
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+    }
+    rng = np.random.default_rng(0)
+
+    def seconds_per_step(env, n_actions: int, steps: int, batch: int | None) -> float:
+        env.reset(seed=0)
+        shape = None if batch is None else (batch,)
+        env.step(rng.integers(n_actions, size=shape))  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            env.step(rng.integers(n_actions, size=shape))
+        return (time.perf_counter() - t0) / steps
+
+    for name, single, vector in (
+        ("", lambda: DeepVerseEnv(checkpoint=model), lambda: DeepVerseVectorEnv(N, checkpoint=model)),
+        ("sim_", lambda: DeepVerseSimEnv(**size), lambda: DeepVerseSimVectorEnv(N, **size)),
+    ):
+        env = single()
+        s = seconds_per_step(env, env.action_space.n, args.steps, None)
+        result[f"{name}env_steps_per_s"], result[f"{name}env_fps"] = round(1 / s, 2), round(F / s, 1)
+        envs = vector()
+        s = seconds_per_step(envs, envs.single_action_space.n, max(2, args.steps // 4), N)
+        result[f"{name}vector{N}_steps_per_s"], result[f"{name}vector{N}_fps"] = round(N / s, 2), round(N * F / s, 1)
+        if name == "":
+            result["state_mib_per_world"] = round(envs.world.nbytes() / N / 2**20, 2)
+    result["vector_speedup"] = round(result[f"vector{N}_fps"] / result["env_fps"], 2)
+    result["ratio_to_sim"] = round(result["env_fps"] / result["sim_env_fps"], 4)
+    result[f"vector{N}_ratio_to_sim"] = round(result[f"vector{N}_fps"] / result[f"sim_vector{N}_fps"], 4)
+    return result
+
+
 def add_bench(subparsers) -> None:
     bench = subparsers.add_parser("bench", help="measure throughput")
     targets = bench.add_subparsers(dest="target", metavar="TARGET", required=True)
@@ -96,6 +145,16 @@ def add_bench(subparsers) -> None:
     model.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="rollouts side by side")
     model.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best and median)")
     model.set_defaults(func=bench_model)
+    env = targets.add_parser(
+        "env",
+        help="DeepVerse-v0 steps/s and frames/s for one env and N batched (one model call), their ratio, and "
+        "the ratios to the simulator measured in the same run",
+    )
+    env.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
+    env.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    env.add_argument("--num-envs", type=int, default=16, help="worlds in the batched env (default 16)")
+    env.add_argument("--steps", type=int, default=20, help="env steps timed for the single env (default 20)")
+    env.set_defaults(func=bench_env)
 
 
 def run_collect(args: argparse.Namespace) -> dict:
@@ -138,11 +197,42 @@ def add_collect(subparsers) -> None:
     p.set_defaults(func=run_collect, indent=1)
 
 
+def run_demo(args: argparse.Namespace) -> dict:
+    """The learned world beside the simulator; the summary is what ``main`` prints."""
+    from deepverse_env.demo import run_demo as demo
+
+    return demo(
+        args.out, checkpoint=args.checkpoint, image=args.image, actions=args.actions, steps=args.steps,
+        seed=args.seed, action_set=args.action_set, progress=not args.no_progress,
+    )
+
+
+def add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="drive the learned world and the simulator with one action script; write video, point cloud, metrics",
+        description="Load the world model, start it from a simulator frame (or --image), drive it with an action "
+        "script (default: a tour out and back) and the simulator with the same actions, and write into --out a video "
+        "of predicted RGB | depth | map above the ground truth (episode.mp4, or .gif without ffmpeg), the predicted "
+        "point cloud (world.ply) and per-step PSNR, depth AbsRel and pose error beside copy-last-frame (metrics.json).",
+    )
+    p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    p.add_argument("--image", type=Path, help="start from this picture (first-frame completion; no ground truth)")
+    p.add_argument("--actions", help='comma-separated action names, e.g. "forward,forward,turn_left" (default: the tour)')
+    p.add_argument("--steps", type=int, help="env steps; the script repeats to fill them (default: its length)")
+    p.add_argument("--out", type=Path, default=Path("demo"), help="output directory (default ./demo)")
+    p.add_argument("--seed", type=int, default=0, help="simulator world and sampler seed (default 0)")
+    p.add_argument("--action-set", default="basic", help="action set the names come from (default basic)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_demo, indent=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepverse", description="DeepVerse world model and simulator tools.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_collect(subparsers)
     add_bench(subparsers)
+    add_demo(subparsers)
     return parser
 
 

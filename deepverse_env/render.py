@@ -149,3 +149,32 @@ def _polyline(img: np.ndarray, cols: np.ndarray, rows: np.ndarray, colour) -> No
     r = (rows[:-1, None] + s * np.diff(rows)[:, None]).astype(int).ravel()
     ok = (c >= 0) & (c < w) & (r >= 0) & (r < h)
     img[r[ok], c[ok]] = colour
+
+
+def draw_cloud_map(
+    size: int, points: np.ndarray, colours: np.ndarray, trajectory: np.ndarray, heading: float | None = None
+) -> np.ndarray:
+    """Top-down map of a predicted world: its point cloud below eye level and the camera's path.
+
+    Points above the first camera's eye level (y < 0 in the episode frame, y down) are left out, so
+    ceilings do not hide the floor; the rest are painted lowest first, so walls and objects stand on
+    the floor. The view fits the trajectory and the middle 98% of the points.
+
+    Args:
+        points: (N, 3) episode-frame positions; colours: (N, 3) uint8.
+        trajectory: (T, 3) camera positions; heading: yaw of the last camera (as ``draw_topdown``).
+    Returns:
+        (size, size, 3) uint8.
+    """
+    below = points[:, 1] > 0
+    points, colours = points[below], colours[below]
+    order = np.argsort(-points[:, 1], kind="stable")  # floor first
+    xz = points[order][:, [0, 2]]
+    path = trajectory[:, [0, 2]]
+    corners = [path.min(0), path.max(0)]
+    if len(xz):
+        corners += [np.percentile(xz, 1, axis=0), np.percentile(xz, 99, axis=0)]
+    lo, hi = np.min(corners, axis=0), np.max(corners, axis=0)
+    pad = 0.1 * (hi - lo).max() + 0.5
+    extent = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
+    return draw_topdown(size, extent, points=xz, point_colours=colours[order], trajectory=path, heading=heading)

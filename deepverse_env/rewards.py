@@ -186,11 +186,13 @@ class AnyOf:
     """Termination if any of the hooks says so."""
 
     def __init__(self, hooks: Sequence[Hook]):
+        if not hooks:
+            raise ValueError("AnyOf needs at least one termination hook")
         self.hooks = list(hooks)
 
     def __call__(self, td: TensorDict) -> Tensor:
-        out = torch.zeros(td.batch_size[0], dtype=torch.bool)
-        for hook in self.hooks:
+        out = self.hooks[0](td).bool()  # on whatever device the hooks compute
+        for hook in self.hooks[1:]:
             out = out | hook(td).bool()
         return out
 

@@ -35,6 +35,7 @@ from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
 
 FRAME_KEYS = ("rgb", "depth", "pose", "intrinsics")
+AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -47,6 +48,8 @@ class RolloutConfig:
     use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
+    dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
+    max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
 
 
 class Rollout:
@@ -74,6 +77,10 @@ class Rollout:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not model.codec.use_depth:
             raise ValueError("rollouts need a codec with depth (the no-depth ablation cannot be rolled out in 4D)")
+        if c.dtype not in AUTOCAST:
+            raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {c.dtype!r}")
+        if not c.max_rescale > 1:
+            raise ValueError(f"max_rescale must be > 1, got {c.max_rescale!r}")
         self.B = int(batch_size)
         self.generator = generator
         self.tf = model.codec.temporal_factor
@@ -89,6 +96,11 @@ class Rollout:
         self.scale = torch.ones(self.B, device=self.device)  # (B,) metres per unit of the window
         self.unit = torch.ones(self.B, device=self.device)  # (B,) the first window's scale: memory units
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
+
+    def _net(self):
+        """Context for network calls: autocast to ``config.dtype`` (a no-op for float32)."""
+        dtype = AUTOCAST[self.config.dtype]
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -164,14 +176,16 @@ class Rollout:
             self._check_frame("intrinsics", intrinsics, (n, 3, 3), torch.float32)
             first = TensorDict({"rgb": rgb, "depth": depth, "pose": eye, "intrinsics": intrinsics}, [n]).to(self.device)
             scale = G.window_scale(first["depth"][..., 0])
-            latent = self.model.encode(normalize_frames(first[:, None], eye, scale))  # (n, 1, C, h, w)
+            with self._net():
+                latent = self.model.encode(normalize_frames(first[:, None], eye, scale)).float()  # (n, 1, C, h, w)
         else:
             scale = torch.full((n,), float(self.config.completion_scale), device=self.device)
-            latent = self.model.complete_first_frame(
-                rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, steps=self.config.steps,
-                generator=self.generator,
-            )
-            decoded = self.model.codec.decode(latent)
+            with self._net():
+                latent = self.model.complete_first_frame(
+                    rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, steps=self.config.steps,
+                    generator=self.generator,
+                ).float()
+                decoded = {k: v.float() for k, v in self.model.codec.decode(latent).items()}
             K = decoded["K"][:, 0]
             # The window's first camera is the identity by definition: keep the predicted intrinsics only.
             rays = G.camera_to_raymap(K, eye, self.H, self.W)[:, None]  # (n, 1, 6, H, W)
@@ -220,14 +234,16 @@ class Rollout:
         chunk = self._blank_frames(self.tf)
         groups = [(n, (self.length == n).nonzero()[:, 0]) for n in self.length.unique().tolist()]
         for n, idx in groups:  # worlds at the same window length share one model call
-            new = self.model.next_latent(
-                self.latents[idx, :n], [sentences[i] for i in idx.tolist()],
-                None if spatial is None else spatial[idx], None if found is None else found[idx],
-                steps=self.config.steps, s_text=self.config.s_text, s_spatial=self.config.s_spatial,
-                generator=self.generator,
-            )  # (b, 1, C, h, w)
-            window = torch.cat([self.latents[idx, :n], new], dim=1)  # (b, n + 1, C, h, w)
-            frames = self._to_metric(self.model.codec.decode(window), idx)  # (b, T)
+            with self._net():
+                new = self.model.next_latent(
+                    self.latents[idx, :n], [sentences[i] for i in idx.tolist()],
+                    None if spatial is None else spatial[idx], None if found is None else found[idx],
+                    steps=self.config.steps, s_text=self.config.s_text, s_spatial=self.config.s_spatial,
+                    generator=self.generator,
+                ).float()  # (b, 1, C, h, w)
+                window = torch.cat([self.latents[idx, :n], new], dim=1)  # (b, n + 1, C, h, w)
+                decoded = {k: v.float() for k, v in self.model.codec.decode(window).items()}
+            frames = self._to_metric(decoded, idx)  # (b, T)
             chunk[idx] = frames[:, -self.tf :]
             self._append(idx, n, new, frames)
         return chunk
@@ -247,7 +263,9 @@ class Rollout:
              "pose": G.unscale_poses(c2w, self.unit), "intrinsics": K},
             [self.B],
         )
-        return self.model.encode(normalize_frames(frame[:, None], self.anchor, self.scale)), found
+        states = normalize_frames(frame[:, None], self.anchor, self.scale)
+        with self._net():
+            return self.model.encode(states).float(), found
 
     def _to_metric(self, decoded: dict, idx: Tensor) -> TensorDict:
         """Decoded window (b, T) -> frames in metres and the episode frame."""
@@ -282,8 +300,15 @@ class Rollout:
             self.memory.add(full_payload, full_pose, mask)
         kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
         anchor = kept["pose"][:, 0]
-        scale = G.window_scale(kept["depth"][:, 0, ..., 0])
-        latents = self.model.encode(normalize_frames(kept, anchor, scale))  # (b, keep, C, h, w)
+        # The new scale comes from the predicted depth of the new first frame. A model whose depth is off
+        # (untrained, or far out of distribution) can shrink or grow it a lot at every slide, and the
+        # product underflows within a hundred slides: bound the change per slide.
+        previous = self.scale[idx]
+        scale = G.window_scale(kept["depth"][:, 0, ..., 0]).clamp(
+            previous / self.config.max_rescale, previous * self.config.max_rescale
+        )
+        with self._net():
+            latents = self.model.encode(normalize_frames(kept, anchor, scale)).float()  # (b, keep, C, h, w)
         self.latents[idx] = 0
         self.latents[idx, : self.keep] = latents
         self.frames[idx] = self._blank_frames(self.frames.shape[1], len(idx))
