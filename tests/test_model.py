@@ -84,3 +84,18 @@ def test_bad_config_values():
         DeepVerseConfig(flow_overrides={"warp": 2})
     with pytest.raises(ValueError, match="height 20 is not a positive multiple"):
         DeepVerse(DeepVerseConfig(height=20, width=16))
+
+
+def test_channel_history_mode_trains_and_generates(tiny_episodes):
+    """Model 1 takes exactly m history frames: short windows are padded, completion gets zeros."""
+    model = DeepVerse(tiny_config(dit_overrides={"history_mode": "channel"}))
+    batch = batch_of(model, tiny_episodes, n=2)
+    for completion in (0.0, 1.0):
+        model.config.completion_prob = completion
+        for seed in range(3):  # several history lengths
+            loss, _ = model.loss(batch, generator=torch.Generator().manual_seed(seed))
+            assert torch.isfinite(loss)
+    model.eval()
+    lat = model.encode(batch)
+    assert model.next_latent(lat[:, :1], [SENTENCES[3]] * 2).shape == (2, 1, *lat.shape[2:])
+    assert model.complete_first_frame(batch["rgb"][:, 0]).shape == (2, 1, *lat.shape[2:])

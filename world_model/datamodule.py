@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from world_model.episodes import ClipConfig, EpisodeClips
+from world_model.episodes import ClipConfig, EpisodeClips, episode_dir
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -27,7 +27,10 @@ class DeepVerseDataModule(L.LightningDataModule):
         steps: env steps per recorded episode.
         seed: base world seed of the splits.
         frames_per_step, height, width, fov_deg: simulator settings of the recording (must match the codec).
-        chunks: env steps per training clip (history + future).
+        chunks: env steps per training clip (history + future); the world model needs its m
+            (``DeepVerse.clip_config``).
+        memory: add the ψ-retrieved memory frame to each clip (off for the no-memory ablation and the codec).
+        future_chunks: the memory query is the camera this many chunks before the clip's end.
         max_chunk_rotation_deg, min_motion: the M14 clip filters.
         batch_size, num_workers: DataLoader settings.
         collect_envs: simulator worlds stepped at once while collecting.
@@ -46,6 +49,8 @@ class DeepVerseDataModule(L.LightningDataModule):
         width: int = 64,
         fov_deg: float = 75.0,
         chunks: int = 4,
+        memory: bool = True,
+        future_chunks: int = 1,
         max_chunk_rotation_deg: float = 30.0,
         min_motion: float = 0.05,
         batch_size: int = 16,
@@ -59,10 +64,16 @@ class DeepVerseDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if chunks > steps:
             raise ValueError(f"chunks ({chunks}) cannot exceed the recorded steps per episode ({steps})")
+        if not 1 <= future_chunks <= chunks:
+            raise ValueError(f"future_chunks must be in 1..chunks ({chunks}), got {future_chunks!r}")
         self.save_hyperparameters()
         self.root = Path(data_dir)
         self.clip_config = ClipConfig(
-            chunks=chunks, max_chunk_rotation_deg=max_chunk_rotation_deg, min_motion=min_motion
+            chunks=chunks,
+            memory=memory,
+            future_chunks=future_chunks,
+            max_chunk_rotation_deg=max_chunk_rotation_deg,
+            min_motion=min_motion,
         )
         self.datasets: dict[str, EpisodeClips] = {}
 
@@ -74,6 +85,8 @@ class DeepVerseDataModule(L.LightningDataModule):
 
         hp = self.hparams
         for split, offset in SPLIT_SEED_OFFSET.items():
+            if all(episode_dir(self.root / split, i).exists() for i in range(self._episodes(split))):
+                continue  # recorded already: no empty progress bar
             collect(
                 self.root / split,
                 episodes=self._episodes(split),

@@ -246,6 +246,12 @@ class EpisodeClips(Dataset):
                     f"{path}: frames_per_step {fps}, but earlier episodes have {self.frames_per_step}"
                 )
             self.frames_per_step = fps
+            size = tuple(frames["rgb"].shape[1:3])
+            if self.episodes and size != tuple(self.episodes[0]["rgb"].shape[1:3]):
+                raise EpisodeError(
+                    f"{path}: frames are {size[0]}x{size[1]}, but earlier episodes are "
+                    f"{self.episodes[0]['rgb'].shape[1]}x{self.episodes[0]['rgb'].shape[2]}"
+                )
             e = len(self.episodes)
             self.episodes.append(frames)
             self.captions.append(torch.tensor([SENTENCES.index(c) for c in meta["captions"]]))

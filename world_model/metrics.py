@@ -121,11 +121,11 @@ def warp_with_true_motion(
     u, v = uv[..., 0].round().long(), uv[..., 1].round().long()
     ok = (z > 1e-6) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
     flat = torch.where(ok, v * W + u, H * W)  # out-of-view points go to a dump slot
-    zbuf = torch.full((B, T, H * W + 1), float("inf"), dtype=z.dtype)
+    zbuf = torch.full((B, T, H * W + 1), float("inf"), dtype=z.dtype, device=z.device)
     zbuf.scatter_reduce_(2, flat, torch.where(ok, z, float("inf")), reduce="amin")
     winner = ok & (z <= zbuf.gather(2, flat))  # (B, T, N) the nearest point of its target pixel
-    src = torch.arange(H * W).expand(B, T, H * W)
-    idx = torch.full((B, T, H * W + 1), -1, dtype=torch.long)
+    src = torch.arange(H * W, device=z.device).expand(B, T, H * W)
+    idx = torch.full((B, T, H * W + 1), -1, dtype=torch.long, device=z.device)
     idx.scatter_(2, torch.where(winner, flat, H * W), torch.where(winner, src, -1))
     idx = idx[..., : H * W]  # (B, T, H*W) source pixel for each target pixel, -1 = hole
     hit = idx >= 0

@@ -112,6 +112,18 @@ class DeepVerse(nn.Module):
         """Video frames per generated latent frame (= one env step)."""
         return self.codec.temporal_factor
 
+    def history(self, latents: Tensor) -> Tensor | None:
+        """The history the MM-DiT takes from a window's latents (B, n, C, h, w): the last m frames. In
+        channel mode (Model 1, exactly m frames) a short window is left-padded by repeating its first
+        frame, and an empty one (first-frame completion) is m zero frames."""
+        m = self.history_frames
+        if self.dit.config.history_mode != "channel":
+            return latents[:, -m:] if latents.shape[1] else None
+        if latents.shape[1] == 0:
+            return latents.new_zeros(latents.shape[0], m, *latents.shape[2:])
+        pad = latents[:, :1].expand(-1, max(0, m - latents.shape[1]), -1, -1, -1)
+        return torch.cat([pad, latents[:, -m:]], dim=1)
+
     def clip_config(self, **overrides) -> ClipConfig:
         """The training clips this model needs: m chunks, so h = 1..m history frames each have a target."""
         return ClipConfig(chunks=self.history_frames, memory=self.config.use_memory, future_chunks=1, **overrides)
@@ -145,15 +157,17 @@ class DeepVerse(nn.Module):
         B, Tp = latents.shape[:2]
         if Tp < 2:
             raise ValueError(f"clips need at least one chunk after the first frame, got {Tp} latent frames")
-        draw = torch.rand(2, generator=generator)
+        draw = torch.rand(2, generator=generator, device=latents.device if generator is None else generator.device)
         null = self.text_encoder.null(B)
         if draw[0] < self.config.completion_prob:
             known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=latents.device)
             known[:, :, self.codec.rgb_slice] = True
-            out = self.flow.loss(self.dit, latents[:, :1], None, null, null, known=known, generator=generator)
+            out = self.flow.loss(
+                self.dit, latents[:, :1], self.history(latents[:, :0]), null, null, known=known, generator=generator
+            )
             return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(0.0), "completion": torch.tensor(1.0)}
         h = 1 + int(draw[1] * min(Tp - 1, self.history_frames))  # history length 1..m
-        history = latents[:, max(0, h - self.history_frames) : h]  # (B, <=m, C, h, w)
+        history = self.history(latents[:, :h])  # (B, <=m, C, h, w); exactly m in channel mode
         text = self.text([SENTENCES[i] for i in batch["caption_ids"][:, h - 1].tolist()])
         spatial = mask = None
         if self.config.use_memory and "memory" in batch.keys():
@@ -191,7 +205,7 @@ class DeepVerse(nn.Module):
             raise ValueError(f"got {len(sentences)} sentences for a batch of {history.shape[0]} worlds")
         text = self.text(sentences)
         return self.flow.sample(
-            self.dit, history[:, -self.history_frames :], 0.0, text, self.text_encoder.null(len(sentences)),
+            self.dit, self.history(history), 0.0, text, self.text_encoder.null(len(sentences)),
             spatial if self.config.use_memory else None, spatial_mask if self.config.use_memory else None,
             frames=1, steps=steps, s_text=s_text, s_spatial=s_spatial, generator=generator,
         )
@@ -216,7 +230,7 @@ class DeepVerse(nn.Module):
         known[:, :, self.codec.rgb_slice] = True
         null = self.text_encoder.null(B)
         return self.flow.sample(
-            self.dit, None, 0.0, null, null, frames=1, steps=steps, s_text=1.0,
+            self.dit, self.history(given[:, :0]), 0.0, null, null, frames=1, steps=steps, s_text=1.0,
             known=known, known_values=given, generator=generator,
         )
 

@@ -1,0 +1,346 @@
+"""The Lightning training stack: both stages fit, resume after a kill, export, schedule, DDP on CPU, configs."""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from safetensors.torch import save_file
+
+from conftest import tiny_config
+from world_model.cli import LastCheckpoint, cli_main
+from world_model.datamodule import DeepVerseDataModule
+from world_model.lit_module import (
+    CodecModule,
+    WorldModelModule,
+    export_pretrained,
+    load_codec_weights,
+    warmup_cosine,
+)
+from world_model.model import DeepVerse
+
+pytestmark = pytest.mark.filterwarnings("ignore:no codec_weights given")  # most tests need no trained codec
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = dict(
+    train_episodes=2, val_episodes=1, test_episodes=1, steps=6, height=16, width=16, batch_size=2, collect_envs=2
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Train / val / test splits of 16x16 episodes, recorded by the data module itself."""
+    root = tmp_path_factory.mktemp("sim")
+    DeepVerseDataModule(str(root), **DATA).prepare_data()
+    return root
+
+
+def datamodule(root: Path, **changes) -> DeepVerseDataModule:
+    return DeepVerseDataModule(str(root), **{**DATA, **changes})
+
+
+def trainer(root: Path, max_steps: int, *callbacks: Callback, **settings) -> L.Trainer:
+    """A quiet CPU Trainer validating one batch every 2 steps."""
+    return L.Trainer(
+        default_root_dir=root, max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+        callbacks=list(callbacks), enable_checkpointing=bool(callbacks), enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=2, **settings,
+    )
+
+
+def last_checkpoint(root: Path) -> LastCheckpoint:
+    return LastCheckpoint(dirpath=root / "checkpoints", every_n_train_steps=1, save_last=True, save_top_k=0)
+
+
+def same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The two stages
+# --------------------------------------------------------------------------------------------------
+
+
+def test_codec_stage_trains_only_the_codec_and_exports_its_ema(data_dir, tmp_path):
+    module = CodecModule(model=tiny_config(), lr=1e-3, ema_decay=0.5)
+    codec0, dit0 = [{k: v.clone() for k, v in p.state_dict().items()} for p in (module.model.codec, module.model.dit)]
+    fit = trainer(tmp_path, 2, last_checkpoint(tmp_path))
+    fit.fit(module, datamodule=datamodule(data_dir, memory=False))
+    assert fit.global_step == 2 and fit.lr_scheduler_configs[0].interval == "step"
+    assert any(not torch.equal(codec0[k], v) for k, v in module.model.codec.state_dict().items())
+    assert all(torch.equal(dit0[k], v) for k, v in module.model.dit.state_dict().items())
+    logged = fit.callback_metrics
+    expected = {"val/loss", "val/recon/psnr", "val/recon/ssim", "val/recon/depth_abs_rel", "val/recon/trans_err_m"}
+    assert expected <= set(logged)
+    assert logged["val/recon/rot_err_deg"] < 1.0  # the raymap channels carry the cameras exactly
+
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ema = DeepVerse.from_pretrained(export_pretrained(ckpt, tmp_path / "ema"))
+    raw = DeepVerse.from_pretrained(export_pretrained(ckpt, tmp_path / "raw", ema=False))
+    assert same(ema, module.ema.module) and same(raw, module.model) and not same(ema.codec, raw.codec)
+    assert ema.config == module.model.config
+
+
+def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_baselines(data_dir, tmp_path):
+    stage1 = DeepVerse(tiny_config())
+    stage1.save_pretrained(tmp_path / "codec")
+    module = WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "codec"), eval_steps=1)
+    assert same(module.model.codec, stage1.codec) and same(module.ema.module.codec, stage1.codec)
+    dit0 = {k: v.clone() for k, v in module.model.dit.state_dict().items()}
+    fit = trainer(tmp_path, 2)
+    fit.fit(module, datamodule=datamodule(data_dir))
+    assert same(module.model.codec, stage1.codec) and same(module.ema.module.codec, stage1.codec)
+    assert any(not torch.equal(dit0[k], v) for k, v in module.model.dit.state_dict().items())
+    logged = fit.callback_metrics
+    m = module.model.history_frames
+    for group in ["next"] + [f"ar_chunk{k}" for k in range(1, m + 1)]:
+        for name in ("psnr", "ssim", "depth_abs_rel", "depth_delta1"):
+            for suffix in ("", "_copy", "_warp"):
+                assert torch.isfinite(logged[f"val/{group}/{name}{suffix}"])
+        for name in ("rot_err_deg", "trans_err_m"):
+            assert torch.isfinite(logged[f"val/{group}/{name}"]) and torch.isfinite(logged[f"val/{group}/{name}_copy"])
+    assert f"val/ar_chunk{m + 1}/psnr" not in logged
+    # Evaluation noise is seeded per batch: the same weights score the same.
+    again = fit.validate(module, datamodule=datamodule(data_dir), verbose=False)[0]
+    assert again["val/next/psnr"] == pytest.approx(float(logged["val/next/psnr"]))
+
+
+def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):
+    module = WorldModelModule(model=tiny_config(), eval_steps=1)
+    fit = trainer(tmp_path, 2, precision="bf16-mixed")
+    fit.fit(module, datamodule=datamodule(data_dir))
+    assert torch.isfinite(fit.callback_metrics["train/loss"]) and torch.isfinite(fit.callback_metrics["val/next/psnr"])
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+
+
+def test_codec_weights_files_and_mismatches(tmp_path):
+    stage1 = DeepVerse(tiny_config())
+    save_file(stage1.codec.state_dict(), str(tmp_path / "codec.safetensors"))  # a codec alone, as a file
+    module = WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "codec.safetensors"))
+    assert same(module.model.codec, stage1.codec)
+    no_depth = DeepVerse(tiny_config(codec_overrides={"use_depth": False}))
+    load_codec_weights(no_depth.codec, tmp_path / "codec.safetensors")  # the RGB half of a depth codec
+    assert same(no_depth.codec.encoders["rgb"], stage1.codec.encoders["rgb"])
+    wider = DeepVerse(tiny_config(codec_overrides={"width": 8}))
+    with pytest.raises(ValueError, match="codec.safetensors do not fit this codec"):
+        load_codec_weights(wider.codec, tmp_path / "codec.safetensors")
+    (tmp_path / "junk.safetensors").write_text("not weights")
+    with pytest.raises(ValueError, match="junk.safetensors is not a safetensors file"):
+        load_codec_weights(stage1.codec, tmp_path / "junk.safetensors")
+    with pytest.warns(UserWarning, match="untrained codec"):
+        WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "nowhere"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume, schedule
+# --------------------------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(Callback):
+    """Dies right after optimizer step ``step``, before any checkpoint of that step (as a kill -9 would)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+class AtStart(Callback):
+    """Records the step and optimizer state a fit starts from."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())  # it holds live tensors
+
+
+def test_kill_and_resume_continues_step_optimizer_schedule_and_ema(data_dir, tmp_path):
+    def module():
+        return WorldModelModule(model=tiny_config(), lr=1e-3, warmup_fraction=0.25, min_lr_ratio=0.1, eval_steps=1)
+
+    with pytest.raises(Killed):
+        trainer(tmp_path, 4, KillAt(3), last_checkpoint(tmp_path)).fit(module(), datamodule=datamodule(data_dir))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2
+
+    start, resumed = AtStart(), module()
+    fit = trainer(tmp_path, 4, start, last_checkpoint(tmp_path))
+    fit.fit(resumed, datamodule=datamodule(data_dir), ckpt_path="last")
+    assert start.step == 2 and fit.global_step == 4
+    restored = start.optimizer["state"]
+    assert restored and all(
+        torch.equal(restored[i]["exp_avg"], saved["optimizer_states"][0]["state"][i]["exp_avg"]) for i in restored
+    )
+    state = fit.optimizers[0].state_dict()["state"]
+    assert max(s["step"] for s in state.values()) == 4  # Adam counts on (a parameter without a gradient lags)
+    assert all(state[i]["step"] >= restored[i]["step"] for i in restored)
+    assert int(resumed.ema.n_averaged) == 4
+    # 4 steps, 1 of warm-up: the cosine has come down to min_lr_ratio at the end.
+    assert fit.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.1)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [warmup_cosine(s, total=1000, warmup=10, min_ratio=0.1) for s in range(1100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # linear warm-up
+    assert all(a >= b for a, b in zip(lrs[9:1000], lrs[10:1001]))  # cosine decay
+    assert lrs[1000] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1)
+    assert warmup_cosine(0, total=10, warmup=0, min_ratio=0.0) == pytest.approx(1.0)  # no warm-up
+
+
+# --------------------------------------------------------------------------------------------------
+# The CLI and its configs
+# --------------------------------------------------------------------------------------------------
+
+
+def overlay(tmp_path: Path, data_dir: Path) -> Path:
+    """configs/tiny.yaml shrunk to seconds: 16x16 frames, a one-block DiT, checkpoints every step."""
+    small = {
+        "model": {"init_args": {"model": tiny_config().to_dict(), "codec_weights": None, "eval_steps": 1}},
+        "data": {"data_dir": str(data_dir), **DATA},
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"), "max_steps": 2, "val_check_interval": 2,
+            "num_sanity_val_steps": 0, "enable_progress_bar": False,
+        },
+        "checkpoint": {"every_n_train_steps": 1, "train_time_interval": None},
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small))
+    return path
+
+
+def cli(monkeypatch, *args: str) -> None:
+    """``deepverse-train ARGS`` in this process."""
+    monkeypatch.setattr(sys, "argv", ["deepverse-train", *args])
+    cli_main()
+
+
+def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
+    base = ["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(overlay(tmp_path, data_dir))]
+    cli(monkeypatch, *base)
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    assert list(run.glob("checkpoints/best-*.ckpt")) and list(run.glob("csv/version_0/metrics.csv"))
+    assert list(run.glob("tensorboard/version_0/events.*"))
+    cli(monkeypatch, *base, "--ckpt_path", "last", "--trainer.max_steps", "3")
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export"))
+    assert DeepVerse.from_pretrained(tmp_path / "export").config == tiny_config()
+
+
+@pytest.mark.parametrize(
+    "ablation",
+    [
+        "ablation_no_depth.yaml",
+        "ablation_no_memory.yaml",
+        "ablation_channel_history.yaml",
+    ],
+)
+def test_cli_ablations_train(ablation, data_dir, tmp_path, monkeypatch):
+    configs = [REPO / "configs" / "tiny.yaml", overlay(tmp_path, data_dir), REPO / "configs" / ablation]
+    args = [a for c in configs for a in ("--config", str(c))] + ["--trainer.default_root_dir", str(tmp_path / "run")]
+    cli(monkeypatch, "fit", *args)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_cli_ddp_on_two_cpu_processes(data_dir, tmp_path):
+    """DDP over two CPU processes (gloo), in a subprocess: Lightning launches the second rank itself."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "world_model.cli", "fit", "--config", "configs/tiny.yaml",
+            "--config", str(overlay(tmp_path, data_dir)), "--trainer.strategy", "ddp_find_unused_parameters_true",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        ],
+        cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stdout + done.stderr
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def resolved(capsys, monkeypatch, *configs: str) -> dict:
+    """The full config ``--print_config`` resolves from ``configs`` (nothing is built)."""
+    args = ["fit"] + [a for c in configs for a in ("--config", str(REPO / "configs" / c))] + ["--print_config"]
+    with pytest.raises(SystemExit) as exit:
+        cli(monkeypatch, *args)
+    assert exit.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_configs_resolve_and_override_only_what_differs(capsys, monkeypatch):
+    codec = resolved(capsys, monkeypatch, "tiny_codec.yaml")
+    assert codec["model"]["class_path"].endswith("CodecModule") and codec["data"]["memory"] is False
+    tiny = resolved(capsys, monkeypatch, "tiny.yaml")
+    assert tiny["model"]["class_path"].endswith("WorldModelModule")
+    assert tiny["trainer"]["default_root_dir"] == "runs/tiny" and tiny["checkpoint"]["save_last"] is True
+    assert tiny["checkpoint"]["train_time_interval"] == "0:10:00"  # a long CPU run checkpoints every 10 minutes
+    no_depth = resolved(capsys, monkeypatch, "tiny.yaml", "ablation_no_depth.yaml")["model"]["init_args"]["model"]
+    assert no_depth["codec_overrides"] == {"use_depth": False} and no_depth["dit"] == "tiny"
+    channel = resolved(capsys, monkeypatch, "tiny.yaml", "ablation_channel_history.yaml")["model"]["init_args"]["model"]
+    assert channel["dit_overrides"] == {"history_mode": "channel"}
+    no_memory = resolved(capsys, monkeypatch, "tiny.yaml", "ablation_no_memory.yaml")
+    assert no_memory["model"]["init_args"]["model"]["use_memory"] is False and no_memory["data"]["memory"] is False
+    paper = resolved(capsys, monkeypatch, "paper.yaml")
+    assert paper["trainer"]["precision"] == "bf16-mixed" and paper["model"]["init_args"]["model"]["dit"] == "paper"
+    assert paper["data"]["chunks"] == 7 and paper["data"]["frames_per_step"] == 8
+    assert resolved(capsys, monkeypatch, "paper_codec.yaml")["model"]["class_path"].endswith("CodecModule")
+    fsdp = resolved(capsys, monkeypatch, "paper.yaml", "fsdp_gpu.yaml")
+    assert fsdp["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
+    assert fsdp["model"]["init_args"]["ema_decay"] is None and fsdp["model"]["init_args"]["model"]["dit"] == "paper"
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=0.0), "lr must be > 0"),
+        (dict(weight_decay=-1.0), "weight_decay must be >= 0"),
+        (dict(warmup_fraction=1.0), r"warmup_fraction must be in \[0, 1\)"),
+        (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or null"),
+        (dict(betas=(0.9,)), "betas must be two values"),
+        (dict(eval_steps=0), "eval_steps must be >= 1"),
+        (dict(model={"dit": "huge"}), "unknown preset 'huge'"),
+        (dict(model={"colour": 3}), r"unknown DeepVerseConfig field\(s\) \['colour'\]"),
+    ],
+)
+def test_bad_module_values_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WorldModelModule(codec_weights=None, **kwargs)
+
+
+def test_data_that_does_not_fit_the_model_is_refused(data_dir):
+    module = WorldModelModule(model=tiny_config(), codec_weights=None)
+    checks = [
+        (dict(height=32), "data.height/width 32x16 differ from model height/width 16x16"),
+        (dict(frames_per_step=2), "data.frames_per_step 2 must equal the codec's temporal factor 4"),
+        (dict(chunks=2), r"data.chunks \(2\) must be >= the model's history m = 4"),
+        (dict(memory=False), "model.use_memory needs data.memory: true"),
+    ]
+    for changes, message in checks:
+        with pytest.raises(ValueError, match=message):
+            module.check_data(datamodule(data_dir, **changes).hparams)
+    CodecModule(model=tiny_config()).check_data(datamodule(data_dir, chunks=1, memory=False).hparams)
+
+
+def test_cli_reports_bad_values(capsys, monkeypatch):
+    tiny = str(REPO / "configs" / "tiny.yaml")
+    with pytest.raises(ValueError, match="lr must be > 0, got -1.0"):
+        cli(monkeypatch, "fit", "--config", tiny, "--model.init_args.lr", "-1")
+    with pytest.raises(SystemExit):
+        cli(monkeypatch, "fit", "--config", tiny, "--model.init_args.eval_steps", "two")
+    assert "eval_steps" in capsys.readouterr().err

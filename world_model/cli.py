@@ -1,0 +1,138 @@
+"""``deepverse-train``: the Lightning CLI of both training stages, and checkpoint export (DESIGN M8, M16).
+
+    deepverse-train fit --config configs/tiny_codec.yaml                      # stage 1: the codec
+    deepverse-train export --ckpt runs/tiny_codec/checkpoints/last.ckpt --out world_model/pretrained/tiny_codec
+    deepverse-train fit --config configs/tiny.yaml                            # stage 2: the world model
+    deepverse-train fit --config configs/tiny.yaml --ckpt_path last           # resume the last run
+    deepverse-train fit --config configs/tiny.yaml --config configs/ablation_no_memory.yaml
+    deepverse-train test --config configs/tiny.yaml --ckpt_path runs/tiny/checkpoints/last.ckpt
+    deepverse-train fit --config configs/tiny.yaml --print_config             # the whole resolved config
+
+A config picks the stage (``model.class_path``: ``CodecModule`` or ``WorldModelModule`` of
+``world_model.lit_module``); the data are ``world_model.datamodule.DeepVerseDataModule``, recorded on
+first use. A run writes under ``trainer.default_root_dir``: ``checkpoints/last.ckpt`` (every
+``checkpoint.train_time_interval``, 10 minutes by default, or ``checkpoint.every_n_train_steps``, and when
+training stops), ``checkpoints/best-*.ckpt`` (best ``best_checkpoint.monitor``, ``val/loss`` by default),
+and CSV and TensorBoard logs in ``csv/`` and ``tensorboard/``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.trainer.states import TrainerFn
+
+from world_model.datamodule import DeepVerseDataModule
+from world_model.lit_module import TrainingModule, export_pretrained
+
+EXPORT_HELP = (
+    "the (EMA) DeepVerse of a training checkpoint as a save_pretrained directory (config.json + "
+    "model.safetensors): the shipped model, or the stage-1 codec that stage 2's codec_weights loads."
+)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` on a step or time schedule, refreshed after validation and when training stops.
+
+    Lightning's ``ModelCheckpoint`` writes at most once per step, before that step's validation, and at the
+    end only if it never saved: resuming would lose the validation's best-checkpoint bookkeeping, or the
+    steps since the last scheduled save.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_global_step_saved == trainer.global_step:  # saved just before this validation
+            self._refresh(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._refresh(trainer)
+
+    def _refresh(self, trainer: L.Trainer) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not (trainer.sanity_checking or trainer.fast_dev_run):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _checkpoint_dir(root: str) -> str:
+    return os.path.join(root, "checkpoints")
+
+
+def _loggers(root: str) -> list[dict]:
+    """CSV and TensorBoard loggers writing into the run directory ``root``."""
+    loggers = {"CSVLogger": "csv", "TensorBoardLogger": "tensorboard"}
+    return [
+        {"class_path": f"lightning.pytorch.loggers.{cls}", "init_args": {"save_dir": root, "name": name}}
+        for cls, name in loggers.items()
+    ]
+
+
+class DeepVerseCLI(LightningCLI):
+    """LightningCLI with the project's checkpointing, LR monitor and loggers (all under the run directory)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # best first: last.ckpt, refreshed after validation, then holds the updated best-model state
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+        parser.set_defaults(
+            {
+                "best_checkpoint.monitor": "val/loss",
+                "best_checkpoint.mode": "min",
+                "best_checkpoint.filename": "best-{step}",
+                "best_checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LastCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 0,
+                "checkpoint.save_on_exception": True,  # Ctrl-C or SIGTERM: last.ckpt (+ interrupted-*.ckpt)
+                "checkpoint.filename": "interrupted-{step}",
+                "checkpoint.train_time_interval": timedelta(minutes=10),
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # One run directory: resuming with --ckpt_path last finds checkpoints/last.ckpt there.
+        parser.set_defaults({"trainer.default_root_dir": "runs/deepverse"})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        parser.link_arguments("trainer.default_root_dir", "best_checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger", compute_fn=_loggers)
+
+    def after_instantiate_classes(self) -> None:
+        self.model.check_data(self.datamodule.hparams)  # before prepare_data records a mismatched dataset
+
+
+def export_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="deepverse-train export", description=f"Writes {EXPORT_HELP}")
+    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of CodecModule or WorldModelModule")
+    parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
+    parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA")
+    args = parser.parse_args(argv)
+    print(export_pretrained(args.ckpt, args.out, ema=not args.raw))
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """``deepverse-train {fit,validate,test,predict} ...`` (LightningCLI) or ``deepverse-train export ...``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
+    DeepVerseCLI(
+        TrainingModule,
+        DeepVerseDataModule,
+        subclass_mode_model=True,
+        auto_configure_optimizers=False,  # the modules own their AdamW + warm-up/cosine recipe
+        seed_everything_default=0,
+        parser_kwargs={
+            "description": "Train the DeepVerse world model (configs/). Also `deepverse-train export --ckpt CKPT "
+            f"--out DIR [--raw]` writes {EXPORT_HELP}"
+        },
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

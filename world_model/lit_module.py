@@ -1,0 +1,450 @@
+"""LightningModules of the two training stages (DESIGN M4, M8, M15).
+
+    deepverse-train fit --config configs/tiny_codec.yaml        # stage 1: the codec (CodecModule)
+    deepverse-train export --ckpt runs/tiny_codec/checkpoints/last.ckpt --out world_model/pretrained/tiny_codec
+    deepverse-train fit --config configs/tiny.yaml              # stage 2: MM-DiT + text encoder (WorldModelModule)
+
+Both stages share one recipe (M8): AdamW (weight decay on matrices only); a linear warm-up over the first
+``warmup_fraction`` of the run's optimizer steps, then cosine decay to ``min_lr_ratio`` x lr, stepped per
+optimizer step; an exponential moving average (EMA) of the weights, kept in the module (``ema``) so it is
+checkpointed, used for validation, test and prediction, and exported. Gradient clipping, precision
+(``bf16-mixed``) and the strategy (DDP, FSDP) are Trainer settings in ``configs/``.
+
+Validation and test measure against the ground truth (M15), every number beside its trivial baselines
+(``world_model.metrics``: ``_copy`` = the last real frame repeated, ``_warp`` = it forward-splatted with
+its true depth into the true next cameras). Depth is in metres (the clip's scale undone), camera
+translation error in metres. Noise is seeded per batch (``eval_seed``), so epochs are comparable.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from safetensors.torch import load_file
+from tensordict import TensorDict
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from world_model import geometry as G
+from world_model import metrics as M
+from world_model.codec import Codec
+from world_model.datamodule import DeepVerseDataModule
+from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
+from world_model.text import SENTENCES
+
+Frames = dict[str, Tensor]  # rgb (B, T, H, W, 3) in [0, 1], depth (B, T, H, W, 1) metres, pose (B, T, 4, 4) metres
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate factor at optimizer step ``step`` (0-based) of ``total``: linear warm-up to 1 over
+    ``warmup`` steps, then a cosine down to ``min_ratio`` at ``total`` (and flat after)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def load_codec_weights(codec: Codec, path: str | Path) -> None:
+    """Load a stage-1 codec into ``codec``.
+
+    Args:
+        path: a ``save_pretrained`` directory or a safetensors file, of a whole DeepVerse (keys ``codec.*``)
+            or of a codec alone. A codec with depth may be loaded into one without (the no-depth ablation
+            reuses the RGB half); anything else must match exactly.
+    Raises:
+        ValueError naming the file when the weights do not fit.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    try:
+        state = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for missing or foreign files
+        raise ValueError(f"codec_weights {file} is not a safetensors file ({type(e).__name__}: {e})") from None
+    if any(k.startswith("codec.") for k in state):
+        state = {k.removeprefix("codec."): v for k, v in state.items() if k.startswith("codec.")}
+    own = codec.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(k for k in set(state) - set(own) if codec.use_depth or ".depth." not in f".{k}")
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"codec_weights {file} do not fit this codec (model.codec / codec_overrides): missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]} "
+            f"(of {len(missing)}, {len(unexpected)}, {len(wrong)})"
+        )
+    codec.load_state_dict({k: state[k] for k in own})
+
+
+def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+    """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
+
+    Args:
+        ckpt_path: a Lightning checkpoint of ``CodecModule`` or ``WorldModelModule``.
+        out_dir: the directory to write (``config.json`` + ``model.safetensors``), replaced if present.
+        ema: export the EMA weights (the default, and what validation measured) or the raw ones.
+    """
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
+        raise ValueError(f"{ckpt_path} is not a checkpoint of a world_model.lit_module module")
+    prefix = "ema.module." if ema else "model."
+    state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    if not state:
+        raise ValueError(f"{ckpt_path} holds no EMA weights (trained with ema_decay=null): export with ema=False")
+    model = DeepVerse(DeepVerseConfig.from_dict(ckpt["hyper_parameters"]["model"]))
+    model.load_state_dict(state)
+    return model.save_pretrained(out_dir)
+
+
+class TrainingModule(L.LightningModule, ABC):
+    """What both stages share: the ``DeepVerse`` (``model``), its EMA (``ema``), the optimiser and schedule,
+    and seeded evaluation. Subclasses name the parts they train (``trained``); the rest is frozen.
+
+    Args:
+        model: the ``DeepVerseConfig`` (or its dict); None = the defaults (tiny).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decay of weight matrices and embeddings (not of biases, norms, gains).
+        betas: AdamW betas.
+        warmup_fraction: share of the run's optimizer steps spent warming up linearly (paper: 1%).
+        min_lr_ratio: the cosine ends at this fraction of ``lr``.
+        ema_decay: EMA decay per optimizer step; None = no EMA (needed with FSDP sharding).
+        eval_seed: seed of the noise of validation / test batch i (``eval_seed + i``).
+    """
+
+    trained: tuple[str, ...] = ()  # DeepVerse children this stage trains
+
+    def __init__(
+        self,
+        model: DeepVerseConfig | None = None,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.01,
+        min_lr_ratio: float = 0.1,
+        ema_decay: float | None = 0.999,
+        eval_seed: int = 0,
+    ):
+        super().__init__()
+        checks = {
+            "lr": (lr, lr > 0, "> 0"),
+            "weight_decay": (weight_decay, weight_decay >= 0, ">= 0"),
+            "betas": (betas, len(betas) == 2 and all(0 <= b < 1 for b in betas), "two values in [0, 1)"),
+            "warmup_fraction": (warmup_fraction, 0 <= warmup_fraction < 1, "in [0, 1)"),
+            "min_lr_ratio": (min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
+            "ema_decay": (ema_decay, ema_decay is None or 0 < ema_decay < 1, "in (0, 1) or null"),
+        }
+        for name, (value, ok, want) in checks.items():
+            if not ok:
+                raise ValueError(f"{name} must be {want}, got {value!r}")
+        config = model if isinstance(model, DeepVerseConfig) else DeepVerseConfig.from_dict(model or {})
+        self.save_hyperparameters()  # with the subclass's arguments (Lightning collects the __init__ chain)
+        self.hparams["model"] = config.to_dict()  # plain JSON: checkpoints load with weights_only=True
+        self.model = self.build_model(config)
+        for name, part in self.model.named_children():
+            part.requires_grad_(name in self.trained)
+        self.ema = None
+        if ema_decay is not None:  # a full copy: evaluation and export need the frozen parts beside it
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        return DeepVerse(config)
+
+    @property
+    def averaged(self) -> DeepVerse:
+        """The model to evaluate and export: the EMA when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    # ---- data contract --------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        data = self.trainer.datamodule
+        if isinstance(data, DeepVerseDataModule):
+            self.check_data(data.hparams)
+
+    def check_data(self, data) -> None:
+        """Raise ValueError if the recorded clips do not fit the model (``data`` = the data module's hparams)."""
+        c = self.model.config
+        if (data.height, data.width) != (c.height, c.width):
+            raise ValueError(
+                f"data.height/width {data.height}x{data.width} differ from model height/width {c.height}x{c.width}"
+            )
+        if data.frames_per_step != self.model.frames_per_chunk:
+            raise ValueError(
+                f"data.frames_per_step {data.frames_per_step} must equal the codec's temporal factor "
+                f"{self.model.frames_per_chunk} (one env step = one latent frame)"
+            )
+
+    # ---- steps ----------------------------------------------------------------------------------
+
+    def training_step(self, batch: TensorDict, batch_idx: int) -> Tensor:
+        return self._common_step(batch, batch_idx, "train")
+
+    def validation_step(self, batch: TensorDict, batch_idx: int) -> Tensor:
+        return self._common_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: TensorDict, batch_idx: int) -> Tensor:
+        return self._common_step(batch, batch_idx, "test")
+
+    def _common_step(self, batch: TensorDict, batch_idx: int, stage: str) -> Tensor:
+        B = batch.batch_size[0]
+        if stage == "train":
+            loss, logs = self.stage_loss(self.model, batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=B)
+            self.log_dict({f"train/{k}": v for k, v in logs.items() if k != "loss"}, batch_size=B)
+            return loss
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.hparams.eval_seed + batch_idx)
+            loss, logs = self.stage_loss(self.averaged, batch)
+            logs.update(self.evaluate(self.averaged, batch))
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=B, sync_dist=True)
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items() if k != "loss"}, batch_size=B, sync_dist=True)
+        return loss
+
+    @abstractmethod
+    def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        """This stage's training loss of ``model`` on a batch, and detached scalars to log."""
+
+    @abstractmethod
+    def evaluate(self, model: DeepVerse, batch: TensorDict) -> dict[str, Tensor]:
+        """Metrics of one validation / test batch, name -> scalar (averaged over the epoch)."""
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:  # once per optimizer step, also under gradient accumulation
+            self.ema.update_parameters(self.model)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("set trainer.max_steps (or max_epochs): the cosine schedule needs the run's length")
+        warmup = math.ceil(hp.warmup_fraction * total)
+        schedule = partial(warmup_cosine, total=int(total), warmup=warmup, min_ratio=hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Frames in metric units, and scoring
+# --------------------------------------------------------------------------------------------------
+
+
+def true_frames(batch: TensorDict) -> Frames:
+    """The clip's frames in metric units (the window's first camera as origin)."""
+    scale = batch["scale"][:, None]  # (B, 1)
+    return {
+        "rgb": (batch["rgb"].movedim(2, -1) + 1) / 2,  # (B, T, H, W, 3)
+        "depth": G.decode_depth(batch["depth"][:, :, 0], scale)[..., None],  # (B, T, H, W, 1)
+        "pose": G.unscale_poses(batch["pose"], scale),  # (B, T, 4, 4)
+        "intrinsics": batch["intrinsics"],
+    }
+
+
+def decoded_frames(model: DeepVerse, latents: Tensor, scale: Tensor) -> Frames:
+    """Decode latents (B, T', C, h, w) of a window with scale (B,) into metric frames (depth only with depth)."""
+    out = model.codec.decode(latents)
+    frames = {
+        "rgb": ((out["rgb"].float().clamp(-1, 1) + 1) / 2).movedim(2, -1),  # (B, T, H, W, 3)
+        "pose": G.unscale_poses(out["c2w"], scale[:, None]),  # (B, T, 4, 4)
+        "intrinsics": out["K"],
+    }
+    if "depth" in out:
+        frames["depth"] = G.decode_depth(out["depth"][:, :, 0].float(), scale[:, None])[..., None]
+    return frames
+
+
+def score(pred: Frames, truth: Frames, group: str, suffix: str = "") -> dict[str, Tensor]:
+    """Mean per-frame metrics of ``pred`` against ``truth`` (same frames), named ``group/metric[suffix]``.
+    Depth and camera metrics only where ``pred`` has depth and poses."""
+    out = {"psnr": M.psnr(pred["rgb"], truth["rgb"]), "ssim": M.ssim(pred["rgb"], truth["rgb"])}
+    if "depth" in pred:
+        out["depth_abs_rel"] = M.depth_abs_rel(pred["depth"], truth["depth"])
+        out["depth_delta1"] = M.depth_delta(pred["depth"], truth["depth"])
+    if "pose" in pred:
+        out["rot_err_deg"] = M.rotation_error_deg(pred["pose"], truth["pose"])
+        out["trans_err_m"] = M.translation_error(pred["pose"], truth["pose"])
+    return {f"{group}/{name}{suffix}": value.mean() for name, value in out.items()}
+
+
+def baselines(truth: Frames, last: int, frames: slice, group: str) -> dict[str, Tensor]:
+    """Copy-last-frame and warp-with-true-motion scores of predicting ``truth[frames]`` from frame ``last``."""
+    target = {k: v[:, frames] for k, v in truth.items()}
+    T = target["rgb"].shape[1]
+    copy = M.copy_last_frame({k: truth[k][:, last] for k in ("rgb", "depth", "pose")}, T)
+    source = [truth[k][:, last].cpu() for k in ("rgb", "depth", "intrinsics", "pose")]  # the warp indexes on CPU
+    rgb, depth, _ = M.warp_with_true_motion(*source, target["pose"].cpu())
+    warp = {"rgb": rgb.to(target["rgb"].device), "depth": depth.to(target["rgb"].device)}
+    return {**score(copy, target, group, "_copy"), **score(warp, target, group, "_warp")}
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: the codec
+# --------------------------------------------------------------------------------------------------
+
+
+class CodecModule(TrainingModule):
+    """Stage 1: trains ``DeepVerse.codec`` with ``codec_loss`` (reconstruction + KL); the rest stays frozen.
+
+    Logs ``recon/*``: PSNR, SSIM, depth AbsRel and delta<1.25 (metres) and camera errors of
+    decode(encode(clip)) against the clip. Arguments: those of ``TrainingModule``.
+    """
+
+    trained = ("codec",)
+
+    def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        return model.codec_loss(batch)
+
+    def evaluate(self, model: DeepVerse, batch: TensorDict) -> dict[str, Tensor]:
+        return score(self.reconstruct(model, batch), true_frames(batch), "recon")
+
+    @torch.no_grad()
+    def reconstruct(self, model: DeepVerse, batch: TensorDict) -> Frames:
+        return decoded_frames(model, model.encode(batch), batch["scale"])
+
+    def predict_step(self, batch: TensorDict, batch_idx: int) -> Frames:
+        """Reconstructions of the clips, metric frames (B, T, ...)."""
+        return self.reconstruct(self.averaged, batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: the world model
+# --------------------------------------------------------------------------------------------------
+
+
+class Conditions(NamedTuple):
+    """A batch of clips as the world model conditions on it (n chunks: latent frames 0..n)."""
+
+    latents: Tensor  # (B, n + 1, C, h, w)
+    captions: Tensor  # (B, n) sentence ids; chunk k's caption is captions[:, k - 1]
+    spatial: Tensor | None  # (B, 1, C, h, w) the memory frame's latent, or None
+    spatial_mask: Tensor | None  # (B,) True where a memory frame was found
+    scale: Tensor  # (B,) metres per normalised unit of each clip's window
+
+
+class WorldModelModule(TrainingModule):
+    """Stage 2: trains the MM-DiT and the text encoder with ``DeepVerse.loss``; the codec is frozen.
+
+    Evaluation (``evaluate``) on clips of n chunks, frame 0 + n * tf frames:
+
+    - ``next/*``: one chunk ahead from real history (latents n-m..n-1, the chunk's caption and memory
+      frame): the decoded chunk n against the truth, beside ``_copy`` / ``_warp`` from the last real frame;
+    - ``ar_chunk{k}/*``: autoregressive from frame 0 alone, generated chunks fed back, k = 1..n.
+
+    Longer rollouts (``world_model.rollout``) join as another metric group of ``evaluate``.
+
+    Args:
+        codec_weights: stage-1 codec to load (see ``load_codec_weights``); None or a missing path = the
+            untrained codec, with a warning.
+        eval_steps: flow steps per generated chunk in evaluation (fewer than the sampler default: cheap).
+        eval_s_text: text guidance scale in evaluation (None = the model's FlowConfig).
+        eval_s_spatial: memory guidance scale in evaluation (None = the model's FlowConfig).
+        **kwargs: the arguments of ``TrainingModule`` (model, lr, weight_decay, ..., ema_decay, eval_seed).
+    """
+
+    trained = ("dit", "text_encoder")
+
+    def __init__(
+        self,
+        codec_weights: str | None = None,
+        eval_steps: int = 4,
+        eval_s_text: float | None = None,
+        eval_s_spatial: float | None = None,
+        **kwargs,
+    ):
+        if eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1, got {eval_steps!r}")
+        super().__init__(**kwargs)
+
+    def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        model = DeepVerse(config)
+        path = self.hparams.codec_weights
+        if path is not None and Path(path).exists():
+            load_codec_weights(model.codec, path)
+        else:
+            missing = "no codec_weights given" if path is None else f"codec_weights {path} not found"
+            rank_zero_warn(
+                f"{missing}: the world model trains on an untrained codec (train one with "
+                "configs/tiny_codec.yaml, then `deepverse-train export`)"
+            )
+        return model
+
+    def check_data(self, data) -> None:
+        super().check_data(data)
+        m = self.model.history_frames
+        if data.chunks < m:
+            raise ValueError(f"data.chunks ({data.chunks}) must be >= the model's history m = {m}")
+        if self.model.config.use_memory and not data.memory:
+            raise ValueError("model.use_memory needs data.memory: true (the no-memory ablation sets both false)")
+
+    def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        return model.loss(batch)
+
+    def evaluate(self, model: DeepVerse, batch: TensorDict) -> dict[str, Tensor]:
+        clips, truth = self.conditions(model, batch), true_frames(batch)
+        return {**self.next_chunk_metrics(model, clips, truth), **self.autoregressive_metrics(model, clips, truth)}
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    @staticmethod
+    def conditions(model: DeepVerse, batch: TensorDict) -> Conditions:
+        """Encode a batch of clips once for every forecast made from it."""
+        spatial = mask = None
+        if model.config.use_memory and "memory" in batch.keys():
+            spatial, mask = model.encode(batch["memory"]), batch["has_memory"].bool()
+        return Conditions(model.encode(batch), batch["caption_ids"], spatial, mask, batch["scale"])
+
+    def _generate(self, model: DeepVerse, history: Tensor, chunk: int, clips: Conditions) -> Tensor:
+        """Latent of chunk ``chunk`` (B, 1, C, h, w) after ``history``, with that chunk's caption and the memory."""
+        hp = self.hparams
+        return model.next_latent(
+            history, [SENTENCES[i] for i in clips.captions[:, chunk - 1].tolist()], clips.spatial,
+            clips.spatial_mask, steps=hp.eval_steps, s_text=hp.eval_s_text, s_spatial=hp.eval_s_spatial,
+        )
+
+    @torch.no_grad()
+    def forecast_next(self, model: DeepVerse, clips: Conditions) -> Frames:
+        """The last chunk n of each clip generated from its real history: metric frames (B, tf, ...)."""
+        n = clips.captions.shape[1]
+        history = clips.latents[:, :n]  # (B, n, C, h, w); next_latent keeps the last m
+        window = torch.cat([history, self._generate(model, history, n, clips)], dim=1)
+        frames = decoded_frames(model, window, clips.scale)
+        return {k: v[:, -model.frames_per_chunk :] for k, v in frames.items()}
+
+    def next_chunk_metrics(self, model: DeepVerse, clips: Conditions, truth: Frames) -> dict[str, Tensor]:
+        tf, T = model.frames_per_chunk, truth["rgb"].shape[1]
+        target = {k: v[:, T - tf :] for k, v in truth.items()}
+        return {
+            **score(self.forecast_next(model, clips), target, "next"),
+            **baselines(truth, T - tf - 1, slice(T - tf, T), "next"),
+        }
+
+    @torch.no_grad()
+    def autoregressive_metrics(self, model: DeepVerse, clips: Conditions, truth: Frames) -> dict[str, Tensor]:
+        window = clips.latents[:, :1]  # (B, 1, C, h, w): frame 0 only
+        n = clips.captions.shape[1]
+        for k in range(1, n + 1):
+            window = torch.cat([window, self._generate(model, window, k, clips)], dim=1)  # (B, 1 + k, C, h, w)
+        pred = decoded_frames(model, window, clips.scale)
+        tf, out = model.frames_per_chunk, {}
+        for k in range(1, n + 1):
+            chunk = slice(1 + (k - 1) * tf, 1 + k * tf)  # the frames of chunk k
+            part = {key: v[:, chunk] for key, v in pred.items()}
+            out |= score(part, {key: v[:, chunk] for key, v in truth.items()}, f"ar_chunk{k}")
+            out |= baselines(truth, 0, chunk, f"ar_chunk{k}")
+        return out
+
+    def predict_step(self, batch: TensorDict, batch_idx: int) -> Frames:
+        """The last chunk of each clip forecast from its real history, metric frames (B, tf, ...)."""
+        return self.forecast_next(self.averaged, self.conditions(self.averaged, batch))
