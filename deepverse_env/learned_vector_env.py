@@ -12,6 +12,7 @@ from gymnasium.vector.utils import batch_space
 
 from deepverse_env.learned_env import LearnedWorld, Sentences, action_id, check_images, load_model, make_config
 from deepverse_env.sim.env import observation_space
+from deepverse_env.sim.vector_env import vector_seeds
 from world_model.model import DeepVerse
 from world_model.rollout import FRAME_KEYS
 
@@ -73,14 +74,7 @@ class DeepVerseVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         N = self.num_envs
-        if seed is None:
-            seeds = None
-        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            seeds = [int(seed) + i for i in range(N)]
-        elif isinstance(seed, (list, tuple, np.ndarray)) and len(seed) == N:
-            seeds = [None if s is None else int(s) for s in seed]
-        else:
-            raise ValueError(f"seed must be None, an integer or a list of {N} seeds, got {seed!r}")
+        seeds = vector_seeds(seed, N)
         options = dict(options or {})
         image = options.pop("image", None)
         if options:

@@ -18,6 +18,18 @@ from deepverse_env.sim.world import Scene, SceneConfig
 from world_model.geometry import default_intrinsics
 
 
+
+def vector_seeds(seed: int | list[int | None] | None, num_envs: int) -> list[int | None] | None:
+    """Per-world seeds from a vector ``reset(seed=...)``: an integer s seeds world i with s + i (as
+    ``SyncVectorEnv`` does), a list gives one seed (or None) per world, None keeps the streams going."""
+    if seed is None:
+        return None
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(num_envs)]
+    if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) == num_envs:
+        return [None if s is None else int(s) for s in seed]
+    raise ValueError(f"seed must be None, an integer or a list of {num_envs} seeds, got {seed!r}")
+
 class DeepVerseSimVectorEnv(VectorEnv):
     """N independent ``DeepVerseSim-v0`` worlds with batched observations and infos.
 
@@ -78,14 +90,7 @@ class DeepVerseSimVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         N = self.num_envs
-        if seed is None:
-            seeds = None
-        elif isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-            seeds = [int(seed) + i for i in range(N)]
-        elif isinstance(seed, (list, tuple, np.ndarray)) and len(seed) == N:
-            seeds = [None if s is None else int(s) for s in seed]
-        else:
-            raise ValueError(f"seed must be None, an integer or a list of {N} seeds, got {seed!r}")
+        seeds = vector_seeds(seed, N)
         if seeds is not None or self._rngs is None:
             self._rngs = [seeding.np_random(s)[0] for s in (seeds or [None] * N)]
         scene_seeds = (options or {}).get("scene_seed")
