@@ -85,6 +85,12 @@ def test_codec_stage_trains_only_the_codec_and_exports_its_ema(data_dir, tmp_pat
     assert same(ema, module.ema.module) and same(raw, module.model) and not same(ema.codec, raw.codec)
     assert ema.config == module.model.config
 
+    # A later run continues from the export when the Lightning checkpoint is gone.
+    again = CodecModule(model=tiny_config(), init_weights=str(tmp_path / "ema"))
+    assert same(again.model.codec, ema.codec) and same(again.ema.module.codec, ema.codec)
+    with pytest.raises(ValueError, match="init_weights .*nowhere does not exist"):
+        CodecModule(model=tiny_config(), init_weights=str(tmp_path / "nowhere"))
+
 
 def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_baselines(data_dir, tmp_path):
     stage1 = DeepVerse(tiny_config())

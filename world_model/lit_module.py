@@ -298,10 +298,27 @@ class CodecModule(TrainingModule):
     """Stage 1: trains ``DeepVerse.codec`` with ``codec_loss`` (reconstruction + KL); the rest stays frozen.
 
     Logs ``recon/*``: PSNR, SSIM, depth AbsRel and delta<1.25 (metres) and camera errors of
-    decode(encode(clip)) against the clip. Arguments: those of ``TrainingModule``.
+    decode(encode(clip)) against the clip.
+
+    Args:
+        init_weights: start from these codec weights (a ``deepverse-train export`` directory or safetensors
+            file, see ``load_codec_weights``) instead of random ones: continues a run whose Lightning
+            checkpoint is gone, with a fresh optimiser and schedule. ``--ckpt_path`` resumes take precedence.
+        **kwargs: the arguments of ``TrainingModule``.
     """
 
     trained = ("codec",)
+
+    def __init__(self, init_weights: str | None = None, **kwargs):
+        if init_weights is not None and not Path(init_weights).exists():
+            raise ValueError(f"init_weights {init_weights} does not exist")
+        super().__init__(**kwargs)
+
+    def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        model = DeepVerse(config)
+        if self.hparams.init_weights is not None:
+            load_codec_weights(model.codec, self.hparams.init_weights)
+        return model
 
     def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
         return model.codec_loss(batch)
