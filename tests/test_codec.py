@@ -222,3 +222,29 @@ def test_build_codec_dispatches_on_config():
     vae = build_codec(SMALL)
     assert isinstance(vae, CausalVAE) and vae.latent_channels == 4 + 2 + 6
     assert math.isclose(vae.config.kl_weight, SMALL.kl_weight)
+
+
+@pytest.mark.parametrize("name", ["vae", "pixel"])
+def test_streamed_decode_equals_whole_decode(name):
+    """Decoding latent frames one call at a time (DecoderStream) gives the frames of one whole decode."""
+    from world_model.codec import DecoderStream
+
+    torch.manual_seed(0)
+    codec = build_codec(
+        CausalVAEConfig(spatial_factor=4, temporal_factor=2, width=8, channel_mult=(1, 2, 2))
+        if name == "vae" else PixelCodecConfig(spatial_factor=4, temporal_factor=2)
+    ).eval()
+    latent = torch.randn(2, 4, codec.latent_channels, 3, 2)  # (B, T', C, h, w)
+    with torch.no_grad():
+        whole = codec.decode(latent)
+        stream = DecoderStream()
+        parts = [codec.decode_stream(latent[:, :2], stream)]  # frame 0 + one chunk
+        rows = torch.tensor([1, 0])
+        swapped = stream.select(rows)  # worlds can be picked and written back
+        stream.update(rows, swapped)
+        for t in range(2, 4):
+            parts.append(codec.decode_stream(latent[:, t : t + 1], stream))
+    for key in ("rgb", "depth"):
+        streamed = torch.cat([p[key] for p in parts], dim=1)
+        assert streamed.shape == whole[key].shape == (2, 1 + 3 * 2, 3 if key == "rgb" else 1, 12, 8)
+        assert torch.allclose(streamed, whole[key], atol=1e-5), key

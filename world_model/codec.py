@@ -134,8 +134,22 @@ class Codec(nn.Module, ABC):
             raise ValueError(
                 f"latent must have shape (B, T', {self.latent_channels}, h, w), got {tuple(latent.shape)}"
             )
-        out = self._decode_pixels(latent[:, :, : self.raymap_slice.start])
+        out = self.decode_stream(latent, DecoderStream())
         out["K"], out["c2w"] = self.decode_cameras(latent)
+        return out
+
+    def decode_stream(self, latent: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
+        """RGB and depth of latent frames that continue ``stream`` (cameras: ``decode_cameras``).
+
+        Args:
+            latent: (B, t, C, h, w), the latent frames after those already decoded into ``stream``.
+            stream: updated in place; a new ``DecoderStream`` starts at frame 0.
+        Returns:
+            dict with ``rgb`` (B, F, 3, H, W) and ``depth`` (B, F, 1, H, W) (absent without depth), where
+            F = 1 + (t - 1) * tf for a new stream and t * tf after that.
+        """
+        out = self._decode_pixels(latent[:, :, : self.raymap_slice.start], stream)
+        stream.started = True
         return out
 
     def encode_raymap(self, raymap: Tensor) -> Tensor:
@@ -177,8 +191,9 @@ class Codec(nn.Module, ABC):
         """(B, T, 3, H, W), (B, T, 1, H, W) | None -> (B, T', rgb_channels + depth_channels, h, w)."""
 
     @abstractmethod
-    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
-        """(B, T', rgb_channels + depth_channels, h, w) -> dict(rgb (B, T, 3, H, W)[, depth (B, T, 1, H, W)])."""
+    def _decode_pixels(self, pixels: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
+        """(B, t, rgb_channels + depth_channels, h, w) continuing ``stream`` -> dict(rgb (B, F, 3, H, W)
+        [, depth (B, F, 1, H, W)]), F frames as in ``decode_stream``."""
 
     def _check_inputs(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor) -> None:
         if rgb.dim() != 5 or rgb.shape[2] != 3:
@@ -201,10 +216,40 @@ class Codec(nn.Module, ABC):
 # --------------------------------------------------------------------------------------------------
 
 
+class DecoderStream:
+    """State of a decode that continues latent frame by latent frame (``Codec.decode_stream``).
+
+    Every causal convolution keeps the last ``kernel - 1`` frames of its input, so decoding latents
+    0..n-1 and then n gives the frames ``decode`` gives for 0..n, at the cost of the new frames only.
+    Tensors are batch-first: ``select`` picks worlds, ``update`` writes them back.
+    """
+
+    def __init__(self):
+        self.cache: dict[nn.Module, Tensor] = {}  # causal conv -> (B, C, kernel - 1, H, W) of its input
+        self.started = False  # frame 0 decoded (the first latent frame decodes to one frame, later ones to tf)
+
+    def select(self, index: Tensor) -> DecoderStream:
+        out = DecoderStream()
+        out.cache = {k: v[index] for k, v in self.cache.items()}
+        out.started = self.started
+        return out
+
+    def update(self, index: Tensor, other: DecoderStream) -> None:
+        """Write ``other``'s worlds into rows ``index`` (allocating rows on first use)."""
+        for k, v in other.cache.items():
+            if k not in self.cache:
+                self.cache[k] = v.new_zeros(int(index.max()) + 1 if len(index) else 0, *v.shape[1:])
+            if self.cache[k].shape[0] <= int(index.max()):
+                grow = v.new_zeros(int(index.max()) + 1 - self.cache[k].shape[0], *v.shape[1:])
+                self.cache[k] = torch.cat([self.cache[k], grow])
+            self.cache[k][index] = v
+        self.started = self.started or other.started
+
+
 class CausalConv3d(nn.Module):
     """3D convolution padded in time only from the past, by repeating the first frame: output frame t
     sees input frames <= t, and a still image encodes like a static video. Space is zero-padded "same";
-    ``stride`` is spatial."""
+    ``stride`` is spatial. With a started ``DecoderStream`` the past frames come from its cache."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1):
         super().__init__()
@@ -212,9 +257,15 @@ class CausalConv3d(nn.Module):
         pad = kernel // 2
         self.conv = nn.Conv3d(c_in, c_out, kernel, stride=(1, stride, stride), padding=(0, pad, pad))
 
-    def forward(self, x: Tensor) -> Tensor:
-        first = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
-        return self.conv(torch.cat([first, x], dim=2))  # (B, C_out, T, H / stride, W / stride)
+    def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
+        if stream is not None and self in stream.cache:
+            past = stream.cache[self]
+        else:
+            past = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+        x = torch.cat([past, x], dim=2)  # (B, C, time_pad + T, H, W)
+        if stream is not None:
+            stream.cache[self] = x[:, :, -self.time_pad :]
+        return self.conv(x)  # (B, C_out, T, H / stride, W / stride)
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -238,9 +289,9 @@ class ResBlock(nn.Module):
         self.conv2 = CausalConv3d(c_out, c_out)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), stream)
+        h = self.conv2(F.silu(self.norm2(h)), stream)
         return self.skip(x) + h
 
 
@@ -268,14 +319,15 @@ class Upsample(nn.Module):
         self.time_split = nn.Conv3d(channels, 2 * channels, 1) if time else None
         self.conv = CausalConv3d(channels, channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
         if self.time_split is not None:
             B, C, T, H, W = x.shape
             x = self.time_split(x).reshape(B, 2, C, T, H, W)  # (B, 2, C, T, H, W)
             x = x.permute(0, 2, 3, 1, 4, 5).reshape(B, C, 2 * T, H, W)  # (B, C, 2T, H, W) pairs in order
-            x = x[:, :, 1:]  # (B, C, 2T - 1, H, W): frame 0 was encoded paired with itself
+            if stream is None or not stream.started:
+                x = x[:, :, 1:]  # (B, C, 2T - 1, H, W): frame 0 was encoded paired with itself
         x = F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest")  # (B, C, T, 2H, 2W)
-        return self.conv(x)
+        return self.conv(x, stream)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -342,8 +394,11 @@ class _Decoder(nn.Module):
         layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.layers(z.transpose(1, 2)).transpose(1, 2)  # (B, T, C_out, H, W)
+    def forward(self, z: Tensor, stream: DecoderStream | None = None) -> Tensor:
+        x = z.transpose(1, 2)  # (B, C_latent, T', h, w)
+        for layer in self.layers:
+            x = layer(x, stream) if isinstance(layer, (CausalConv3d, ResBlock, Upsample)) else layer(x)
+        return x.transpose(1, 2)  # (B, T, C_out, H, W)
 
 
 class CausalVAE(Codec):
@@ -392,7 +447,7 @@ class CausalVAE(Codec):
         self._check_inputs(rgb, depth, raymap)
         mean, logvar = self._posterior(rgb, depth)  # (B, T', C_learned, h, w)
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
-        recon = self._decode_pixels(z)
+        recon = self._decode_pixels(z, DecoderStream())
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
         logs = {"rgb_l1": (recon["rgb"] - rgb).abs().mean(), "kl": kl}
         loss = logs["rgb_l1"] + self.config.kl_weight * kl
@@ -413,9 +468,9 @@ class CausalVAE(Codec):
         mean, logvar = self._posterior(rgb, depth)
         return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if sample else mean
 
-    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
+    def _decode_pixels(self, pixels: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
         latents = {"rgb": pixels[:, :, self.rgb_slice], "depth": pixels[:, :, self.depth_slice]}
-        return {m: decoder(latents[m]) for m, decoder in self.decoders.items()}  # (B, T, C_m, H, W) each
+        return {m: decoder(latents[m], stream) for m, decoder in self.decoders.items()}  # (B, T, C_m, H, W)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -445,10 +500,11 @@ class PixelCodec(Codec):
         parts = [self._pack(rgb)] + ([self._pack(depth)] if self.use_depth else [])
         return torch.cat(parts, dim=2)  # (B, T', C_learned, h, w)
 
-    def _decode_pixels(self, pixels: Tensor) -> dict[str, Tensor]:
-        out = {"rgb": self._unpack(pixels[:, :, self.rgb_slice], 3)}
+    def _decode_pixels(self, pixels: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
+        first = 0 if stream.started else self.temporal_factor - 1  # frame 0 was stored tf times
+        out = {"rgb": self._unpack(pixels[:, :, self.rgb_slice], 3)[:, first:]}
         if self.use_depth:
-            out["depth"] = self._unpack(pixels[:, :, self.depth_slice], 1)
+            out["depth"] = self._unpack(pixels[:, :, self.depth_slice], 1)[:, first:]
         return out
 
     def _pack(self, x: Tensor) -> Tensor:
@@ -462,8 +518,7 @@ class PixelCodec(Codec):
         B, Tl, _, h, w = z.shape
         tf, s = self.temporal_factor, self.spatial_factor
         x = z.reshape(B, Tl * tf, channels * s * s, h, w)  # (B, tf * T', C * s * s, h, w)
-        x = F.pixel_shuffle(x, s)  # (B, tf * T', C, H, W)
-        return x[:, tf - 1 :]  # (B, T, C, H, W)
+        return F.pixel_shuffle(x, s)  # (B, tf * T', C, H, W)
 
 
 # --------------------------------------------------------------------------------------------------

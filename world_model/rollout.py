@@ -30,6 +30,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from world_model import geometry as G
+from world_model.codec import DecoderStream
 from world_model.episodes import normalize_frames
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
@@ -96,6 +97,7 @@ class Rollout:
         self.scale = torch.ones(self.B, device=self.device)  # (B,) metres per unit of the window
         self.unit = torch.ones(self.B, device=self.device)  # (B,) the first window's scale: memory units
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
+        self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
 
     def _net(self):
         """Context for network calls: autocast to ``config.dtype`` (a no-op for float32)."""
@@ -134,6 +136,7 @@ class Rollout:
         for name, value in self._state().items():
             setattr(out, name, value[index].clone())
         out.memory = self.memory.select(index)
+        out.stream = self.stream.select(index)
         return out
 
     def load(self, other: Rollout) -> None:
@@ -143,6 +146,7 @@ class Rollout:
         for name, value in other._state().items():
             setattr(self, name, value.clone())
         self.memory.load_state(other.memory)
+        self.stream = other.stream.select(torch.arange(other.B, device=self.device))
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -178,6 +182,8 @@ class Rollout:
             scale = G.window_scale(first["depth"][..., 0])
             with self._net():
                 latent = self.model.encode(normalize_frames(first[:, None], eye, scale)).float()  # (n, 1, C, h, w)
+                stream = DecoderStream()
+                self.model.codec.decode_stream(latent, stream)  # frame 0 starts each world's decoder state
         else:
             scale = torch.full((n,), float(self.config.completion_scale), device=self.device)
             with self._net():
@@ -185,8 +191,9 @@ class Rollout:
                     rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, steps=self.config.steps,
                     generator=self.generator,
                 ).float()
-                decoded = {k: v.float() for k, v in self.model.codec.decode(latent).items()}
-            K = decoded["K"][:, 0]
+                stream = DecoderStream()
+                decoded = {k: v.float() for k, v in self.model.codec.decode_stream(latent, stream).items()}
+            K = self.model.codec.decode_cameras(latent)[0][:, 0]
             # The window's first camera is the identity by definition: keep the predicted intrinsics only.
             rays = G.camera_to_raymap(K, eye, self.H, self.W)[:, None]  # (n, 1, 6, H, W)
             latent[:, :, self.model.codec.raymap_slice] = self.model.codec.encode_raymap(rays)
@@ -203,6 +210,7 @@ class Rollout:
         self.frames[idx, :1] = first[:, None]
         self.anchor[idx], self.scale[idx], self.unit[idx] = eye, scale, scale
         self.memory.reset(mask)
+        self.stream.update(idx, stream)
         return first
 
     def _check_frame(self, name: str, x, shape: tuple, dtype) -> None:
@@ -241,11 +249,15 @@ class Rollout:
                     steps=self.config.steps, s_text=self.config.s_text, s_spatial=self.config.s_spatial,
                     generator=self.generator,
                 ).float()  # (b, 1, C, h, w)
-                window = torch.cat([self.latents[idx, :n], new], dim=1)  # (b, n + 1, C, h, w)
-                decoded = {k: v.float() for k, v in self.model.codec.decode(window).items()}
-            frames = self._to_metric(decoded, idx)  # (b, T)
-            chunk[idx] = frames[:, -self.tf :]
-            self._append(idx, n, new, frames)
+                stream = self.stream.select(idx)
+                decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
+            K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1 : n], new], dim=1))
+            decoded["K"], decoded["c2w"] = K[:, 1:], c2w[:, 1:]  # the chunk's frames, after the last keyframe
+            new_frames = self._to_metric(decoded, idx)  # (b, tf)
+            chunk[idx] = new_frames
+            self.stream.update(idx, stream)
+            T = 1 + (n - 1) * self.tf
+            self._append(idx, n, new, torch.cat([self.frames[idx, :T], new_frames], dim=1))  # (b, T + tf)
         return chunk
 
     def _spatial(self) -> tuple[Tensor | None, Tensor | None]:
@@ -309,6 +321,9 @@ class Rollout:
         )
         with self._net():
             latents = self.model.encode(normalize_frames(kept, anchor, scale)).float()  # (b, keep, C, h, w)
+            stream = DecoderStream()
+            self.model.codec.decode_stream(latents, stream)  # the new window's decoder state
+        self.stream.update(idx, stream)
         self.latents[idx] = 0
         self.latents[idx, : self.keep] = latents
         self.frames[idx] = self._blank_frames(self.frames.shape[1], len(idx))
