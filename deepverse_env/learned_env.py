@@ -289,13 +289,12 @@ class LearnedWorld:
         return side_by_side(upscale(rgb, k), upscale(colorize_depth(depth[..., 0], *DEPTH_RANGE), k), topdown)
 
     def nbytes(self) -> int:
-        """Bytes of state held for all worlds: windows, memory pools, hook entries and maps. Fixed once the
+        """Bytes of state held for all worlds: the rollout's (windows, decoder stream, memory pools), hook
+        entries and maps. Fixed once the
         first step has run (hooks add their entries then); episodes never grow it."""
-        r = self.rollout
-        tensors = [r.latents, r.length, r.anchor, r.scale, r.unit, *r.frames.values(), *r.memory.state.values()]
-        tensors += list(self.td.values()) if self.td is not None else []
+        tensors = list(self.td.values()) if self.td is not None else []
         maps = sum(c.nbytes() for c in self.clouds) + self.paths.nbytes
-        return sum(t.numel() * t.element_size() for t in tensors) + maps
+        return self.rollout.nbytes() + sum(t.numel() * t.element_size() for t in tensors) + maps
 
     # ---- planning --------------------------------------------------------------------------------
 

@@ -26,8 +26,11 @@ def test_fifty_chunk_batched_rollout_is_finite_and_bounded(tiny_model):
     B, capacity = 3, 8
     r = make(tiny_model, B, cache_max=3, memory=MemoryConfig(capacity=capacity))
     r.reset(*first_frames(B))
+    size = None
     for i in range(50):
         chunk = r.step([WALK[(i + b) % 3] for b in range(B)])
+        size = size or r.nbytes()
+        assert r.nbytes() == size  # windows, decoder stream and pool are allocated once
         assert chunk["rgb"].shape == (B, 4, 16, 16, 3) and chunk["rgb"].dtype == torch.uint8
         for key in ("depth", "pose", "intrinsics"):
             assert torch.isfinite(chunk[key]).all(), (i, key)

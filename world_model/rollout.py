@@ -123,6 +123,14 @@ class Rollout:
         return {"latents": self.latents, "length": self.length, "frames": self.frames, "anchor": self.anchor,
                 "scale": self.scale, "unit": self.unit}
 
+    def nbytes(self) -> int:
+        """Bytes of state held for all worlds: windows, decoded frames, decoder stream and memory pool.
+        Fixed once every world has started; rollouts never grow it."""
+        state = self._state()
+        frames = state.pop("frames")
+        tensors = [*state.values(), *frames.values(), *self.memory.state.values(), *self.stream.cache.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def clone(self) -> Rollout:
         """An independent copy of every world (planners branch from it); shares the model."""
         return self.select(torch.arange(self.B, device=self.device))
@@ -300,16 +308,15 @@ class Rollout:
             return
         # The window is full: keyframes leaving it go to memory, the last `keep` latents start a new window.
         drop = n + 1 - self.keep
+        mask = torch.zeros(self.B, dtype=torch.bool, device=self.device)  # the pool is batched over all B
+        mask[idx] = True
+        payload = torch.zeros(self.B, 4, self.H, self.W, device=self.device)  # rows outside idx are ignored
+        pose = torch.eye(4, device=self.device).repeat(self.B, 1, 1)
         for j in range(drop):
             key = frames[:, j * self.tf]  # (b,) keyframe of latent j
-            payload = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
-            mask = torch.zeros(self.B, dtype=torch.bool, device=self.device)
-            mask[idx] = True
-            full_payload = torch.zeros(self.B, 4, self.H, self.W, device=self.device)
-            full_pose = torch.eye(4, device=self.device).repeat(self.B, 1, 1)
-            full_payload[idx] = payload
-            full_pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
-            self.memory.add(full_payload, full_pose, mask)
+            payload[idx] = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
+            pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
+            self.memory.add(payload, pose, mask)
         kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
         anchor = kept["pose"][:, 0]
         # The new scale comes from the predicted depth of the new first frame. A model whose depth is off
