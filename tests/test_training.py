@@ -116,6 +116,22 @@ def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_basel
     assert again["val/next/psnr"] == pytest.approx(float(logged["val/next/psnr"]))
 
 
+
+def test_world_model_stage_starts_from_a_whole_export(tmp_path):
+    """``init_weights`` loads every part of a stage-2 export (how `deepverse-train test` scores the shipped
+    model); an export of another config is refused, naming the fields that differ."""
+    trained = DeepVerse(tiny_config())
+    with torch.no_grad():
+        for w in trained.parameters():
+            w.add_(0.01)  # differs from any fresh initialisation
+    trained.save_pretrained(tmp_path / "export")
+    module = WorldModelModule(model=tiny_config(), init_weights=str(tmp_path / "export"))
+    assert same(module.model, trained) and same(module.ema.module, trained) and module.model.training
+    with pytest.raises(ValueError, match="another config than model: .*'use_memory'"):
+        WorldModelModule(model=tiny_config(use_memory=False), init_weights=str(tmp_path / "export"))
+    with pytest.raises(ValueError, match="init_weights .*nowhere does not exist"):
+        WorldModelModule(model=tiny_config(), init_weights=str(tmp_path / "nowhere"))
+
 def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):
     module = WorldModelModule(model=tiny_config(), eval_steps=1)
     fit = trainer(tmp_path, 2, precision="bf16-mixed")

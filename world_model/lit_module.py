@@ -364,6 +364,10 @@ class WorldModelModule(TrainingModule):
     Args:
         codec_weights: stage-1 codec to load (see ``load_codec_weights``); None or a missing path = the
             untrained codec, with a warning.
+        init_weights: a whole stage-2 model to start from (a ``save_pretrained`` / ``deepverse-train export``
+            directory, e.g. the shipped ``world_model/pretrained/tiny``) whose config must equal ``model``;
+            replaces ``codec_weights``. Evaluates an export (``deepverse-train test``) or continues a run
+            whose Lightning checkpoint is gone, with a fresh optimiser and schedule.
         eval_steps: flow steps per generated chunk in evaluation (fewer than the sampler default: cheap).
         eval_s_text: text guidance scale in evaluation (None = the model's FlowConfig).
         eval_s_spatial: memory guidance scale in evaluation (None = the model's FlowConfig).
@@ -375,6 +379,7 @@ class WorldModelModule(TrainingModule):
     def __init__(
         self,
         codec_weights: str | None = None,
+        init_weights: str | None = None,
         eval_steps: int = 4,
         eval_s_text: float | None = None,
         eval_s_spatial: float | None = None,
@@ -382,9 +387,22 @@ class WorldModelModule(TrainingModule):
     ):
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1, got {eval_steps!r}")
+        if init_weights is not None and not Path(init_weights).exists():
+            raise ValueError(f"init_weights {init_weights} does not exist")
         super().__init__(**kwargs)
 
     def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        if self.hparams.init_weights is not None:
+            model = DeepVerse.from_pretrained(self.hparams.init_weights)
+            theirs, ours = model.config.to_dict(), config.to_dict()
+            keys = sorted(set(theirs) | set(ours))
+            differ = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
+            if differ:
+                raise ValueError(
+                    f"init_weights {self.hparams.init_weights} was saved with another config than model: "
+                    f"{{field: (saved, model)}} = {differ}"
+                )
+            return model.train()
         model = DeepVerse(config)
         path = self.hparams.codec_weights
         if path is not None and Path(path).exists():
