@@ -110,6 +110,8 @@ def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_basel
                 assert torch.isfinite(logged[f"val/{group}/{name}{suffix}"])
         for name in ("rot_err_deg", "trans_err_m"):
             assert torch.isfinite(logged[f"val/{group}/{name}"]) and torch.isfinite(logged[f"val/{group}/{name}_copy"])
+    for name in ("psnr", "ssim", "depth_abs_rel", "depth_delta1", "rot_err_deg"):
+        assert torch.isfinite(logged[f"val/next/{name}_codec"])
     assert f"val/ar_chunk{m + 1}/psnr" not in logged
     # Evaluation noise is seeded per batch: the same weights score the same.
     again = fit.validate(module, datamodule=datamodule(data_dir), verbose=False)[0]

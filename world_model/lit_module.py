@@ -356,7 +356,8 @@ class WorldModelModule(TrainingModule):
     Evaluation (``evaluate``) on clips of n chunks, frame 0 + n * tf frames:
 
     - ``next/*``: one chunk ahead from real history (latents n-m..n-1, the chunk's caption and memory
-      frame): the decoded chunk n against the truth, beside ``_copy`` / ``_warp`` from the last real frame;
+      frame): the decoded chunk n against the truth, beside ``_copy`` / ``_warp`` from the last real frame
+      and ``_codec``, the true chunk decoded from its own latent (the codec's ceiling);
     - ``ar_chunk{k}/*``: autoregressive from frame 0 alone, generated chunks fed back, k = 1..n.
 
     Longer rollouts (``world_model.rollout``) join as another metric group of ``evaluate``.
@@ -458,10 +459,15 @@ class WorldModelModule(TrainingModule):
         return {k: v[:, -model.frames_per_chunk :] for k, v in frames.items()}
 
     def next_chunk_metrics(self, model: DeepVerse, clips: Conditions, truth: Frames) -> dict[str, Tensor]:
+        """``next/*`` beside the baselines and ``_codec``: the true chunk through the codec
+        (decode(encode(truth))), the ceiling of anything the world model generates."""
         tf, T = model.frames_per_chunk, truth["rgb"].shape[1]
         target = {k: v[:, T - tf :] for k, v in truth.items()}
+        with torch.no_grad():
+            ceiling = {k: v[:, -tf:] for k, v in decoded_frames(model, clips.latents, clips.scale).items()}
         return {
             **score(self.forecast_next(model, clips), target, "next"),
+            **score(ceiling, target, "next", "_codec"),
             **baselines(truth, T - tf - 1, slice(T - tf, T), "next"),
         }
 
