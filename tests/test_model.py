@@ -51,6 +51,40 @@ def test_generation_shapes_and_completion_keeps_rgb(tiny_model, tiny_episodes):
         tiny_model.next_latent(lat[:, :2], [SENTENCES[0]] * 3)
 
 
+
+def test_latent_statistics_standardize_what_the_dit_sees(tiny_episodes):
+    """The MM-DiT works on per-channel standardised latents; callers keep codec latents in and out."""
+    model = DeepVerse(tiny_config()).eval()
+    perturb_zero_init(model.dit)  # a zero-initialised DiT would answer the same for any input
+    batch = batch_of(model, tiny_episodes)
+    lat = model.encode(batch)  # (4, T', C, h, w)
+    assert not model.latent_statistics_fitted
+    model.fit_latent_statistics(lat)
+    assert model.latent_statistics_fitted
+    unit = model.standardize(lat).transpose(0, 2).flatten(1)  # (C, ...)
+    wide = lat.transpose(0, 2).flatten(1).std(1) >= 0.05  # channels above the scale floor
+    assert torch.allclose(unit.mean(1), torch.zeros(len(unit)), atol=1e-4)
+    assert torch.allclose(unit.std(1)[wide], torch.ones(int(wide.sum())), atol=1e-4)
+    assert torch.allclose(model.unstandardize(model.standardize(lat)), lat, atol=1e-5)
+
+    # next_latent == the flow on standardised inputs, mapped back (same noise)
+    plain = DeepVerse(tiny_config()).eval()
+    plain.load_state_dict({**model.state_dict(), "latent_shift": plain.latent_shift, "latent_scale": plain.latent_scale})
+    memory, found = model.encode(batch["memory"]), batch["has_memory"]
+    sentences = [SENTENCES[5]] * 4
+    ours = model.next_latent(lat[:, :2], sentences, memory, found, generator=torch.Generator().manual_seed(1))
+    theirs = plain.next_latent(
+        model.standardize(lat[:, :2]), sentences, model.standardize(memory), found,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.allclose(ours, model.unstandardize(theirs), atol=1e-5)
+    assert not torch.allclose(ours, theirs, atol=1e-3)
+
+    with pytest.raises(ValueError, match=r"latents must be \(N, T, 18, h, w\)"):
+        model.fit_latent_statistics(lat[:, :, :4])
+    with pytest.raises(ValueError, match="NaN"):
+        model.fit_latent_statistics(torch.full_like(lat, float("nan")))
+
 def test_checkpoint_round_trip_and_errors(tiny_model, tmp_path):
     path = tiny_model.save_pretrained(tmp_path / "ckpt")
     again = DeepVerse.from_pretrained(path)

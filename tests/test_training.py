@@ -102,6 +102,9 @@ def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_basel
     fit.fit(module, datamodule=datamodule(data_dir))
     assert same(module.model.codec, stage1.codec) and same(module.ema.module.codec, stage1.codec)
     assert any(not torch.equal(dit0[k], v) for k, v in module.model.dit.state_dict().items())
+    assert module.model.latent_statistics_fitted  # fitted on training clips before the first step, EMA alike
+    for name in ("latent_shift", "latent_scale"):
+        assert torch.equal(getattr(module.model, name), getattr(module.ema.module, name))
     logged = fit.callback_metrics
     m = module.model.history_frames
     for group in ["next"] + [f"ar_chunk{k}" for k in range(1, m + 1)]:

@@ -369,6 +369,8 @@ class WorldModelModule(TrainingModule):
             directory, e.g. the shipped ``world_model/pretrained/tiny``) whose config must equal ``model``;
             replaces ``codec_weights``. Evaluates an export (``deepverse-train test``) or continues a run
             whose Lightning checkpoint is gone, with a fresh optimiser and schedule.
+        latent_stat_clips: training clips whose codec latents fix the per-channel latent statistics
+            (``DeepVerse.fit_latent_statistics``) when a fit starts from a model without them.
         eval_steps: flow steps per generated chunk in evaluation (fewer than the sampler default: cheap).
         eval_s_text: text guidance scale in evaluation (None = the model's FlowConfig).
         eval_s_spatial: memory guidance scale in evaluation (None = the model's FlowConfig).
@@ -381,6 +383,7 @@ class WorldModelModule(TrainingModule):
         self,
         codec_weights: str | None = None,
         init_weights: str | None = None,
+        latent_stat_clips: int = 256,
         eval_steps: int = 4,
         eval_s_text: float | None = None,
         eval_s_spatial: float | None = None,
@@ -388,6 +391,8 @@ class WorldModelModule(TrainingModule):
     ):
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1, got {eval_steps!r}")
+        if latent_stat_clips < 1:
+            raise ValueError(f"latent_stat_clips must be >= 1, got {latent_stat_clips!r}")
         if init_weights is not None and not Path(init_weights).exists():
             raise ValueError(f"init_weights {init_weights} does not exist")
         super().__init__(**kwargs)
@@ -415,6 +420,27 @@ class WorldModelModule(TrainingModule):
                 "configs/tiny_codec.yaml, then `deepverse-train export`)"
             )
         return model
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        data = self.trainer.datamodule
+        fresh = self.hparams.init_weights is None and not self.model.latent_statistics_fitted  # an export keeps its own
+        if stage == "fit" and fresh and isinstance(data, DeepVerseDataModule):
+            self.fit_latent_statistics(data.datasets["train"])
+
+    @torch.no_grad()
+    def fit_latent_statistics(self, clips, count: int | None = None, batch: int = 16) -> None:
+        """Fit ``DeepVerse.fit_latent_statistics`` on ``count`` (default ``latent_stat_clips``) training clips
+        spread evenly over ``clips``: the same clips on every rank, so DDP ranks agree. A resumed run's
+        checkpoint then restores the same values."""
+        count = min(len(clips), count or self.hparams.latent_stat_clips)
+        picks = torch.linspace(0, len(clips) - 1, count).long().tolist()
+        latents = torch.cat([
+            self.model.encode(torch.stack([clips[i] for i in picks[k : k + batch]]).to(self.device))
+            for k in range(0, count, batch)
+        ])  # (count, T', C, h, w)
+        for model in {id(self.model): self.model, id(self.averaged): self.averaged}.values():
+            model.fit_latent_statistics(latents)
 
     def check_data(self, data) -> None:
         super().check_data(data)

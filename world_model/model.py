@@ -99,6 +99,11 @@ class DeepVerse(nn.Module):
             raise ValueError(f"text dim {text_cfg.dim} must equal the DiT's text_dim {self.dit.config.text_dim}")
         self.text_encoder = VocabTextEncoder(text_cfg)
         self.flow = FlowMatching(FlowConfig(**config.flow_overrides))
+        # Per-channel latent statistics: the MM-DiT and the flow work on (z - shift) / scale, so every channel
+        # (the small-range raymap ones included) is ~unit variance. Identity until fitted to the codec.
+        C = self.codec.latent_channels
+        self.register_buffer("latent_shift", torch.zeros(C))  # (C,)
+        self.register_buffer("latent_scale", torch.ones(C))  # (C,)
 
     # ---- sizes ---------------------------------------------------------------------------------
 
@@ -135,6 +140,33 @@ class DeepVerse(nn.Module):
         depth = states["depth"] if self.codec.use_depth else None
         return self.codec.encode(states["rgb"], depth, states["raymap"])
 
+    def standardize(self, latents: Tensor) -> Tensor:
+        """Codec latents (B, T, C, h, w) -> the MM-DiT's space (per-channel zero mean, unit variance)."""
+        return (latents - self.latent_shift[:, None, None]) / self.latent_scale[:, None, None]
+
+    def unstandardize(self, latents: Tensor) -> Tensor:
+        """The MM-DiT's space (B, T, C, h, w) -> codec latents."""
+        return latents * self.latent_scale[:, None, None] + self.latent_shift[:, None, None]
+
+    @torch.no_grad()
+    def fit_latent_statistics(self, latents: Tensor, min_scale: float = 0.05) -> None:
+        """Set the per-channel shift and scale from codec latents (N, T, C, h, w) of training clips.
+
+        ``min_scale`` keeps a near-constant channel from being blown up by a tiny standard deviation."""
+        if latents.ndim != 5 or latents.shape[2] != self.codec.latent_channels:
+            raise ValueError(
+                f"latents must be (N, T, {self.codec.latent_channels}, h, w), got {tuple(latents.shape)}"
+            )
+        per_channel = latents.float().transpose(0, 2).flatten(1)  # (C, N * T * h * w)
+        if not torch.isfinite(per_channel).all():
+            raise ValueError("latents for the statistics contain NaN or inf")
+        self.latent_shift.copy_(per_channel.mean(1))
+        self.latent_scale.copy_(per_channel.std(1).clamp_min(min_scale))
+
+    @property
+    def latent_statistics_fitted(self) -> bool:
+        return bool((self.latent_shift != 0).any() or (self.latent_scale != 1).any())
+
     def text(self, sentences: list[str]) -> TextEmbedding:
         return self.text_encoder.encode(list(sentences))
 
@@ -153,7 +185,7 @@ class DeepVerse(nn.Module):
                 caption_ids (m,), and with memory: memory (1, *, H, W), has_memory.
         """
         with torch.no_grad():
-            latents = self.encode(batch)  # (B, T', C, h, w)
+            latents = self.standardize(self.encode(batch))  # (B, T', C, h, w)
         B, Tp = latents.shape[:2]
         if Tp < 2:
             raise ValueError(f"clips need at least one chunk after the first frame, got {Tp} latent frames")
@@ -172,7 +204,7 @@ class DeepVerse(nn.Module):
         spatial = mask = None
         if self.config.use_memory and "memory" in batch.keys():
             with torch.no_grad():
-                spatial = self.encode(batch["memory"])  # (B, 1, C, h, w)
+                spatial = self.standardize(self.encode(batch["memory"]))  # (B, 1, C, h, w)
             mask = batch["has_memory"].bool()
         out = self.flow.loss(self.dit, latents[:, h : h + 1], history, text, null, spatial, mask, generator=generator)
         return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(float(h)), "completion": torch.tensor(0.0)}
@@ -204,11 +236,13 @@ class DeepVerse(nn.Module):
         if len(sentences) != history.shape[0]:
             raise ValueError(f"got {len(sentences)} sentences for a batch of {history.shape[0]} worlds")
         text = self.text(sentences)
-        return self.flow.sample(
-            self.dit, self.history(history), 0.0, text, self.text_encoder.null(len(sentences)),
-            spatial if self.config.use_memory else None, spatial_mask if self.config.use_memory else None,
+        use_memory = self.config.use_memory and spatial is not None
+        sample = self.flow.sample(
+            self.dit, self.history(self.standardize(history)), 0.0, text, self.text_encoder.null(len(sentences)),
+            self.standardize(spatial) if use_memory else None, spatial_mask if use_memory else None,
             frames=1, steps=steps, s_text=s_text, s_spatial=s_spatial, generator=generator,
         )
+        return self.unstandardize(sample)
 
     @torch.no_grad()
     def complete_first_frame(
@@ -225,13 +259,15 @@ class DeepVerse(nn.Module):
         placeholder_rays = G.camera_to_raymap(G.default_intrinsics(H, W).to(rgb), torch.eye(4).to(rgb), H, W)
         frames = rgb[:, None]  # (B, 1, 3, H, W)
         depth = torch.zeros_like(frames[:, :, :1]) if self.codec.use_depth else None
-        given = self.codec.encode(frames, depth, placeholder_rays.expand(B, 1, 6, H, W))  # rgb part is real
+        given = self.standardize(self.codec.encode(frames, depth, placeholder_rays.expand(B, 1, 6, H, W)))
         known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=rgb.device)
-        known[:, :, self.codec.rgb_slice] = True
+        known[:, :, self.codec.rgb_slice] = True  # the rgb part of ``given`` is real
         null = self.text_encoder.null(B)
-        return self.flow.sample(
-            self.dit, self.history(given[:, :0]), 0.0, null, null, frames=1, steps=steps, s_text=1.0,
-            known=known, known_values=given, generator=generator,
+        return self.unstandardize(
+            self.flow.sample(
+                self.dit, self.history(given[:, :0]), 0.0, null, null, frames=1, steps=steps, s_text=1.0,
+                known=known, known_values=given, generator=generator,
+            )
         )
 
     # ---- checkpoints ---------------------------------------------------------------------------
