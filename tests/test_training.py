@@ -84,6 +84,12 @@ def test_codec_stage_trains_only_the_codec_and_exports_its_ema(data_dir, tmp_pat
     raw = DeepVerse.from_pretrained(export_pretrained(ckpt, tmp_path / "raw", ema=False))
     assert same(ema, module.ema.module) and same(raw, module.model) and not same(ema.codec, raw.codec)
     assert ema.config == module.model.config
+    # A checkpoint from before the latent statistics existed exports with the identity statistics.
+    old = torch.load(ckpt, map_location="cpu", weights_only=True)
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if "latent_s" not in k}
+    torch.save(old, tmp_path / "old.ckpt")
+    legacy = DeepVerse.from_pretrained(export_pretrained(tmp_path / "old.ckpt", tmp_path / "legacy"))
+    assert same(legacy.codec, ema.codec) and not legacy.latent_statistics_fitted
 
     # A later run continues from the export when the Lightning checkpoint is gone.
     again = CodecModule(model=tiny_config(), init_weights=str(tmp_path / "ema"))

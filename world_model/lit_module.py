@@ -97,6 +97,8 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Tr
     if not state:
         raise ValueError(f"{ckpt_path} holds no EMA weights (trained with ema_decay=null): export with ema=False")
     model = DeepVerse(DeepVerseConfig.from_dict(ckpt["hyper_parameters"]["model"]))
+    for name in ("latent_shift", "latent_scale"):  # checkpoints from before the latent statistics: identity
+        state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
     return model.save_pretrained(out_dir)
 
