@@ -51,7 +51,6 @@ def test_generation_shapes_and_completion_keeps_rgb(tiny_model, tiny_episodes):
         tiny_model.next_latent(lat[:, :2], [SENTENCES[0]] * 3)
 
 
-
 def test_latent_statistics_standardize_what_the_dit_sees(tiny_episodes):
     """The MM-DiT works on per-channel standardised latents; callers keep codec latents in and out."""
     model = DeepVerse(tiny_config()).eval()

@@ -35,6 +35,7 @@ from world_model import geometry as G
 from world_model import metrics as M
 from world_model.codec import Codec
 from world_model.datamodule import DeepVerseDataModule
+from world_model.episodes import EpisodeClips
 from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
 from world_model.text import SENTENCES
 
@@ -438,7 +439,7 @@ class WorldModelModule(TrainingModule):
         count = min(len(clips), count or self.hparams.latent_stat_clips)
         picks = torch.linspace(0, len(clips) - 1, count).long().tolist()
         latents = torch.cat([
-            self.model.encode(torch.stack([clips[i] for i in picks[k : k + batch]]).to(self.device))
+            self.model.encode(EpisodeClips.collate([clips[i] for i in picks[k : k + batch]]).to(self.device))
             for k in range(0, count, batch)
         ])  # (count, T', C, h, w)
         for model in {id(self.model): self.model, id(self.averaged): self.averaged}.values():
