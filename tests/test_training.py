@@ -143,6 +143,21 @@ def test_world_model_stage_starts_from_a_whole_export(tmp_path):
     with pytest.raises(ValueError, match="init_weights .*nowhere does not exist"):
         WorldModelModule(model=tiny_config(), init_weights=str(tmp_path / "nowhere"))
 
+    # Sampler settings are not weights: an export tuned to other guidance loads; the model's own settings win.
+    trained.set_sampler(s_text=1.0)
+    trained.save_pretrained(tmp_path / "tuned")
+    module = WorldModelModule(model=tiny_config(), init_weights=str(tmp_path / "tuned"))
+    assert module.model.flow.config.s_text == 1.0 and module.model.config.flow_overrides == {"s_text": 1.0}
+    module = WorldModelModule(model=tiny_config(flow_overrides={"s_text": 2.0, "steps": 3}), init_weights=str(tmp_path / "tuned"))
+    assert (module.model.flow.config.s_text, module.model.flow.config.steps) == (2.0, 3) and same(module.model, trained)
+    with pytest.raises(ValueError, match="another config than model: .*'flow_overrides'"):
+        WorldModelModule(model=tiny_config(flow_overrides={"text_drop": 0.5}), init_weights=str(tmp_path / "tuned"))
+    with pytest.raises(ValueError, match=r"\['text_drop'\] are not sampler settings"):
+        trained.set_sampler(text_drop=0.0)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        trained.set_sampler(steps=0)
+
+
 def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):
     module = WorldModelModule(model=tiny_config(), eval_steps=1)
     fit = trainer(tmp_path, 2, precision="bf16-mixed")
@@ -269,7 +284,15 @@ def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
     cli(monkeypatch, *base, "--ckpt_path", "last", "--trainer.max_steps", "3")
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
     cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export"))
-    assert DeepVerse.from_pretrained(tmp_path / "export").config == tiny_config()
+    exported = DeepVerse.from_pretrained(tmp_path / "export")
+    assert exported.config.weights_dict() == tiny_config().weights_dict()
+    # Guidance tuned after training goes into the export's config; the weights are the same.
+    cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "tuned"), "--s-text", "1.5", "--steps", "6")
+    tuned = DeepVerse.from_pretrained(tmp_path / "tuned")
+    assert (tuned.flow.config.s_text, tuned.flow.config.steps) == (1.5, 6) and same(tuned, exported)
+    with pytest.raises(SystemExit):
+        cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--steps", "0")
+    assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

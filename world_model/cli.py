@@ -110,8 +110,19 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of CodecModule or WorldModelModule")
     parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA")
+    sampler = parser.add_argument_group(
+        "sampling defaults stored with the export (default: the run's; tune them on validation with "
+        "`deepverse-train validate --model.init_args.eval_s_text ...`)"
+    )
+    sampler.add_argument("--steps", type=int, help="flow steps per chunk")
+    sampler.add_argument("--s-text", type=float, dest="s_text", help="text guidance scale (1 = no guidance)")
+    sampler.add_argument("--s-spatial", type=float, dest="s_spatial", help="memory-frame guidance scale")
     args = parser.parse_args(argv)
-    print(export_pretrained(args.ckpt, args.out, ema=not args.raw))
+    chosen = {k: v for k, v in vars(args).items() if k in ("steps", "s_text", "s_spatial") and v is not None}
+    try:
+        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=chosen))
+    except ValueError as e:
+        parser.error(str(e))
 
 
 def cli_main(args: list[str] | None = None) -> None:

@@ -30,6 +30,9 @@ from torch import Tensor
 from world_model.text_encoder import TextEmbedding
 
 
+SAMPLER_FIELDS = ("steps", "shift", "s_text", "s_spatial")  # FlowConfig fields only the sampler reads
+
+
 @dataclass
 class FlowConfig:
     t_mean: float = 0.0  # logit-normal training times t = sigmoid(N(t_mean, t_std)) (SD3): most weight mid-way

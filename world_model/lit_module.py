@@ -36,6 +36,7 @@ from world_model import metrics as M
 from world_model.codec import Codec
 from world_model.datamodule import DeepVerseDataModule
 from world_model.episodes import EpisodeClips
+from world_model.flow import SAMPLER_FIELDS
 from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
 from world_model.text import SENTENCES
 
@@ -82,13 +83,17 @@ def load_codec_weights(codec: Codec, path: str | Path) -> None:
     codec.load_state_dict({k: state[k] for k in own})
 
 
-def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+def export_pretrained(
+    ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None
+) -> Path:
     """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
 
     Args:
         ckpt_path: a Lightning checkpoint of ``CodecModule`` or ``WorldModelModule``.
         out_dir: the directory to write (``config.json`` + ``model.safetensors``), replaced if present.
         ema: export the EMA weights (the default, and what validation measured) or the raw ones.
+        sampler: sampling defaults to store with it (``DeepVerse.set_sampler``: steps, shift, s_text,
+            s_spatial), e.g. guidance scales tuned on validation after training; None keeps the run's.
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
@@ -101,6 +106,7 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Tr
     for name in ("latent_shift", "latent_scale"):  # checkpoints from before the latent statistics: identity
         state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
+    model.set_sampler(**(sampler or {}))
     return model.save_pretrained(out_dir)
 
 
@@ -403,7 +409,7 @@ class WorldModelModule(TrainingModule):
     def build_model(self, config: DeepVerseConfig) -> DeepVerse:
         if self.hparams.init_weights is not None:
             model = DeepVerse.from_pretrained(self.hparams.init_weights)
-            theirs, ours = model.config.to_dict(), config.to_dict()
+            theirs, ours = model.config.weights_dict(), config.weights_dict()
             keys = sorted(set(theirs) | set(ours))
             differ = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
             if differ:
@@ -411,6 +417,8 @@ class WorldModelModule(TrainingModule):
                     f"init_weights {self.hparams.init_weights} was saved with another config than model: "
                     f"{{field: (saved, model)}} = {differ}"
                 )
+            # Sampler settings are the export's unless model names its own.
+            model.set_sampler(**{k: v for k, v in config.flow_overrides.items() if k in SAMPLER_FIELDS})
             return model.train()
         model = DeepVerse(config)
         path = self.hparams.codec_weights

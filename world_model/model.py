@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from world_model import geometry as G
 from world_model.codec import CODEC_PRESETS, Codec, build_codec
 from world_model.episodes import ClipConfig
-from world_model.flow import FlowConfig, FlowMatching
+from world_model.flow import SAMPLER_FIELDS, FlowConfig, FlowMatching
 from world_model.mmdit import MMDiT
 from world_model.presets import config as dit_config
 from world_model.text import SENTENCES
@@ -73,6 +73,13 @@ class DeepVerseConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def weights_dict(self) -> dict:
+        """``to_dict`` without the sampler's settings (``flow.SAMPLER_FIELDS``): two configs that agree
+        here describe the same weights and training, whatever steps and guidance they sample with."""
+        out = self.to_dict()
+        out["flow_overrides"] = {k: v for k, v in self.flow_overrides.items() if k not in SAMPLER_FIELDS}
+        return out
+
     @classmethod
     def from_dict(cls, data: dict) -> DeepVerseConfig:
         known = {f.name for f in dataclasses.fields(cls)}
@@ -104,6 +111,16 @@ class DeepVerse(nn.Module):
         C = self.codec.latent_channels
         self.register_buffer("latent_shift", torch.zeros(C))  # (C,)
         self.register_buffer("latent_scale", torch.ones(C))  # (C,)
+
+    def set_sampler(self, **fields) -> None:
+        """Change the sampling defaults of a trained model: flow ``steps``, ``shift``, guidance ``s_text``
+        and ``s_spatial`` (``flow.SAMPLER_FIELDS``). Weights are untouched; ``save_pretrained`` keeps them."""
+        unknown = sorted(set(fields) - set(SAMPLER_FIELDS))
+        if unknown:
+            raise ValueError(f"{unknown} are not sampler settings; expected some of {list(SAMPLER_FIELDS)}")
+        overrides = {**self.config.flow_overrides, **fields}
+        self.flow = FlowMatching(FlowConfig(**overrides))  # validates the values
+        self.config = dataclasses.replace(self.config, flow_overrides=overrides)
 
     # ---- sizes ---------------------------------------------------------------------------------
 
