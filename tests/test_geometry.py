@@ -83,6 +83,13 @@ def test_disparity_round_trip_and_range(seed, lam):
     assert torch.allclose(G.decode_depth(x, scale), depth, rtol=1e-5)
 
 
+def test_window_scale_quantile_ignores_a_few_near_pixels():
+    depth = torch.full((2, 20, 20), 2.0)  # (B, H, W)
+    depth[:, 0, :3] = 0.01  # 3 of 400 pixels
+    assert torch.allclose(G.window_scale(depth, 0.9), torch.full((2,), 0.009))  # exact: the nearest pixel
+    assert torch.allclose(G.window_scale(depth, 0.9, quantile=0.01), torch.full((2,), 1.8))
+
+
 @given(seed=seeds)
 def test_scaled_scene_is_consistent(seed):
     """Scaling depth and camera translation by the same window scale scales the 3D scene uniformly."""
@@ -195,6 +202,8 @@ def test_bad_inputs_are_named():
         G.raymap_to_camera(torch.zeros(5, 4, 4))
     with pytest.raises(ValueError, match="> 0"):
         G.window_scale(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match=r"quantile must be in \[0, 0.5\), got 0.5"):
+        G.window_scale(torch.ones(3, 3), quantile=0.5)
     with pytest.raises(ValueError, match="0"):
         G.scale_intrinsics(torch.eye(3), 0)
     with pytest.raises(KeyError, match="not in the caption vocabulary"):

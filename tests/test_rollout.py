@@ -108,3 +108,26 @@ def test_bad_inputs(tiny_model):
     assert r.step([SENTENCES[0]])["rgb"].shape[0] == 1  # still usable after rejected calls
     with pytest.raises(ValueError, match="keep"):
         make(tiny_model, 1, cache_max=2, keep=2)
+
+
+def test_a_slide_rescales_from_the_depth_not_from_a_few_outlier_pixels(tiny_model):
+    """Generated depth has a few pixels far nearer than the surface around them; re-anchoring a window on
+    its nearest pixel would shrink the scale at every slide (the shipped model: to 1e-15 in 600 steps)."""
+    ratio = {}
+    for quantile in (0.0, 0.01):
+        r = make(tiny_model, 1, cache_max=2, scale_quantile=quantile)  # keep = 1: a slide every other step
+        r.reset(*first_frames(1))
+        to_metric, start = r._to_metric, float(r.scale[0])
+
+        def with_outliers(decoded, idx, to_metric=to_metric):
+            frames = to_metric(decoded, idx)
+            frames["depth"][:, :, 0, :2] *= 1e-3  # 2 of 256 pixels per frame
+            return frames
+
+        r._to_metric = with_outliers
+        for _ in range(6):
+            chunk = r.step(WALK[:1])
+            assert torch.isfinite(chunk["depth"]).all() and (chunk["depth"] > 0).all()
+        ratio[quantile] = float(r.scale[0]) / start
+    assert ratio[0.0] <= 4.0**-3 * 1.001, ratio  # anchored on the outliers: max_rescale smaller every slide
+    assert ratio[0.01] > 4.0**2 * ratio[0.0], ratio

@@ -277,7 +277,7 @@ def interpolate_cameras(c2w_0: Tensor, c2w_1: Tensor, alpha: Tensor | float) -> 
 DISPARITY_LAMBDA = 0.95  # the release's headroom: the first frame's disparity fills (0, 0.95]
 
 
-def window_scale(depth_first: Tensor, lam: float = DISPARITY_LAMBDA) -> Tensor:
+def window_scale(depth_first: Tensor, lam: float = DISPARITY_LAMBDA, quantile: float = 0.0) -> Tensor:
     """Metres per normalised unit for a window, from its first frame's depth.
 
     Normalised depth is ``depth / scale``, so the first frame's normalised disparity
@@ -285,12 +285,19 @@ def window_scale(depth_first: Tensor, lam: float = DISPARITY_LAMBDA) -> Tensor:
 
     Args:
         depth_first: (..., H, W) metric z-depth of the window's first frame, > 0.
+        quantile: 0 takes the nearest pixel (exact depth: training); a small quantile ignores that share
+            of nearest pixels (generated depth, whose few outlier pixels near zero would set the scale).
     Returns:
-        scale: (...,) = lam * min(depth_first).
+        scale: (...,) = lam * min(depth_first), or lam * the ``quantile`` of depth_first.
     """
     if not 0.0 < lam <= 1.0:
         raise ValueError(f"lam must be in (0, 1], got {lam!r}")
-    dmin = depth_first.amin(dim=(-2, -1))
+    if not 0.0 <= quantile < 0.5:
+        raise ValueError(f"quantile must be in [0, 0.5), got {quantile!r}")
+    if quantile > 0:
+        dmin = torch.quantile(depth_first.flatten(-2).float(), quantile, dim=-1).to(depth_first.dtype)
+    else:
+        dmin = depth_first.amin(dim=(-2, -1))
     if not torch.all(torch.isfinite(dmin) & (dmin > 0)):
         raise ValueError("depth_first must be finite and > 0 everywhere to set a window scale")
     return lam * dmin
