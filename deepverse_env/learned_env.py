@@ -444,9 +444,9 @@ class DeepVerseEnv(gym.Env):
     decoded frames and ``memory_capacity`` keyframes of (4, H, W) float32 (the bulk: 16 MiB at 64 x 64 and
     256), plus ``map_points`` x 15 bytes of point cloud and the last 10,000 camera positions (120 KB);
     ``LearnedWorld.nbytes`` reports it, and no episode length changes it. A step's working set
-    (activations, the decoded chunk) comes and goes on top: measured over 1,000 steps of the shipped
-    model (one world, CPU), process RSS between steps stayed between a floor of 492 MiB, flat from step
-    200 on, and 600 MiB.
+    (activations, the decoded chunk) comes and goes on top: measured over 1,000 steps of the step-1,600
+    shipped model (one world, CPU), process RSS between steps stayed between a floor of 492 MiB, flat from
+    step 200 on, and 600 MiB (``pytest -m slow`` checks the floor of the current one).
 
     Planning: ``imagine(action_sequences)`` rolls (N, L) candidate sequences from the current state (or
     a ``get_state()`` snapshot) in one batched rollout and returns a TensorDict (N, L) of imagined frames
