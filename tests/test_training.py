@@ -156,6 +156,8 @@ def test_world_model_stage_starts_from_a_whole_export(tmp_path):
         trained.set_sampler(text_drop=0.0)
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         trained.set_sampler(steps=0)
+    with pytest.raises(ValueError, match="s_text must be a finite guidance scale, got nan"):
+        trained.set_sampler(s_text=float("nan"))
 
 
 def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):

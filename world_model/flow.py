@@ -21,6 +21,8 @@ Defaults follow the public release (10 steps here vs 15 there, s_T = 3.5, s_S = 
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,6 +57,9 @@ class FlowConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps!r}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift!r}")
+        for name in ("s_text", "s_spatial"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite guidance scale, got {getattr(self, name)!r}")
 
 
 class FlowLoss(NamedTuple):
