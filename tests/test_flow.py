@@ -141,6 +141,8 @@ def test_bad_flow_arguments_raise():
         FlowConfig(text_drop=1.5)
     with pytest.raises(ValueError, match="steps"):
         FlowConfig(steps=0)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 2.5"):
+        FlowConfig(steps=2.5)
     model, text, null, b = model_and_batch()
     flow = FlowMatching()
     with pytest.raises(ValueError, match="known_values"):

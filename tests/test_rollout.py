@@ -98,9 +98,9 @@ def test_bad_inputs(tiny_model):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="depth has NaN"):
         r.reset(rgb, bad, K)
-    with pytest.raises(ValueError, match="s_text must be a finite guidance scale or None, got nan"):
+    with pytest.raises(ValueError, match="s_text must be a finite guidance scale, got nan"):
         make(tiny_model, 1, s_text=float("nan"))
-    with pytest.raises(ValueError, match="steps must be a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         make(tiny_model, 1, steps=0)
     with pytest.raises(ValueError, match=r"scale_quantile must be in \[0, 0.5\), got 0.7"):
         make(tiny_model, 1, scale_quantile=0.7)

@@ -154,7 +154,7 @@ def test_world_model_stage_starts_from_a_whole_export(tmp_path):
         WorldModelModule(model=tiny_config(flow_overrides={"text_drop": 0.5}), init_weights=str(tmp_path / "tuned"))
     with pytest.raises(ValueError, match=r"\['text_drop'\] are not sampler settings"):
         trained.set_sampler(text_drop=0.0)
-    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
         trained.set_sampler(steps=0)
     with pytest.raises(ValueError, match="s_text must be a finite guidance scale, got nan"):
         trained.set_sampler(s_text=float("nan"))

@@ -53,8 +53,8 @@ class FlowConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.t_std <= 0:
             raise ValueError(f"t_std must be > 0, got {self.t_std!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps!r}")
+        if int(self.steps) != self.steps or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if self.shift <= 0:
             raise ValueError(f"shift must be > 0, got {self.shift!r}")
         for name in ("s_text", "s_spatial"):

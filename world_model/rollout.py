@@ -23,8 +23,7 @@ Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) 
 """
 from __future__ import annotations
 
-import math
-
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -87,12 +86,8 @@ class Rollout:
             raise ValueError(f"max_rescale must be > 1, got {c.max_rescale!r}")
         if not 0.0 <= c.scale_quantile < 0.5:
             raise ValueError(f"scale_quantile must be in [0, 0.5), got {c.scale_quantile!r}")
-        if c.steps is not None and (int(c.steps) != c.steps or c.steps < 1):
-            raise ValueError(f"steps must be a positive integer or None, got {c.steps!r}")
-        for name in ("s_text", "s_spatial"):
-            value = getattr(c, name)
-            if value is not None and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite guidance scale or None, got {value!r}")
+        sampler = {k: getattr(c, k) for k in ("steps", "s_text", "s_spatial") if getattr(c, k) is not None}
+        dataclasses.replace(model.flow.config, **sampler)  # FlowConfig validates them
         self.B = int(batch_size)
         self.generator = generator
         self.tf = model.codec.temporal_factor
