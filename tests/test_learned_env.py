@@ -4,6 +4,7 @@ the native vector env, the planner API, SB3, rendering and export.
 Models are untrained and tiny (a weight-free pixel codec and a one-block DiT, one flow step: a few ms
 a chunk), so the checks are about the env, not about what the model has learned.
 """
+import mmap
 import os
 import warnings
 
@@ -273,7 +274,14 @@ def test_thousand_step_episode_is_finite_and_memory_is_bounded():
 def test_long_episode_check_catches_a_leak():
     env = make(walking_model(), cache_max=3, memory_capacity=8, map_points=500, max_episode_steps=None)
     leaked, step = [], env.step
-    env.step = lambda a: leaked.append(np.ones(2**15)) or step(a)  # keeps 256 KiB more every step
+
+    def leaky_step(a):  # keeps 256 KiB more every step, in fresh pages the allocator cannot have spare
+        page = mmap.mmap(-1, 2**18)
+        page.write(b"\1" * 2**18)
+        leaked.append(page)
+        return step(a)
+
+    env.step = leaky_step
     with pytest.raises(AssertionError, match="RSS floor rose"):
         long_episode(env, 200)
 
