@@ -6,8 +6,8 @@ for you):
 - ``DeepVerseSim-v0``: ``deepverse_env.sim.env.DeepVerseSimEnv``, with the native batched
   ``deepverse_env.sim.vector_env.DeepVerseSimVectorEnv`` as its vector entry point
   (``gym.make_vec("DeepVerseSim-v0", num_envs=N, vectorization_mode="vector_entry_point")``).
-- ``DeepVerse-v0``: ``deepverse_env.learned_env.DeepVerseEnv``, the world model's rollout with the same
-  spaces and step, with ``deepverse_env.learned_vector_env.DeepVerseVectorEnv`` (one batched model call
+- ``DeepVerse-v0``: ``deepverse_env.learned.env.DeepVerseEnv``, the world model's rollout with the same
+  spaces and step, with ``deepverse_env.learned.vector_env.DeepVerseVectorEnv`` (one batched model call
   for N worlds) as its vector entry point. Its default checkpoint is the shipped model.
 """
 from gymnasium.envs.registration import register
@@ -20,7 +20,7 @@ register(
 )
 register(
     id="DeepVerse-v0",
-    entry_point="deepverse_env.learned_env:DeepVerseEnv",
-    vector_entry_point="deepverse_env.learned_vector_env:DeepVerseVectorEnv",
+    entry_point="deepverse_env.learned.env:DeepVerseEnv",
+    vector_entry_point="deepverse_env.learned.vector_env:DeepVerseVectorEnv",
     max_episode_steps=500,
 )

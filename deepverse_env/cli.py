@@ -44,7 +44,7 @@ def bench_sim(args: argparse.Namespace) -> dict:
 
     # Raw renders: B cameras in B different worlds, one call.
     config = SceneConfig()
-    for B in (1, 64):
+    for B in args.render_batches:
         starts = [agent.start_episode(rng, config) for _ in range(B)]
         scenes = SceneBatch.stack([scene for scene, _ in starts])
         c2w = torch.from_numpy(agent.camera_pose(np.stack([s for _, s in starts]), config.eye_height)).float()
@@ -60,7 +60,7 @@ def bench_sim(args: argparse.Namespace) -> dict:
     result["env_fps"] = round(F / seconds, 1)
     result["env_steps_per_s"] = round(1 / seconds, 1)
 
-    for N in (16, 64):
+    for N in args.num_envs:
         envs = gym.make_vec(
             "DeepVerseSim-v0", num_envs=N, vectorization_mode="vector_entry_point", height=H, width=W, frames_per_step=F
         )
@@ -75,7 +75,7 @@ def bench_model(args: argparse.Namespace) -> dict:
     """The MM-DiT sampler's speed (``world_model.bench.bench_model``) for a preset."""
     from world_model.bench import bench_model as run
 
-    return run(preset=args.preset, batch_sizes=tuple(args.batch_sizes), repeats=args.repeats)
+    return run(preset=args.preset, batch_sizes=tuple(args.batch_sizes), chunks=args.chunks, repeats=args.repeats)
 
 
 def bench_env(args: argparse.Namespace) -> dict:
@@ -83,8 +83,9 @@ def bench_env(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from deepverse_env.learned_env import DeepVerseEnv, load_model
-    from deepverse_env.learned_vector_env import DeepVerseVectorEnv
+    from deepverse_env.learned.env import DeepVerseEnv
+    from deepverse_env.learned.vector_env import DeepVerseVectorEnv
+    from deepverse_env.learned.world import load_model
     from deepverse_env.sim.env import DeepVerseSimEnv
     from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
 
@@ -93,7 +94,7 @@ def bench_env(args: argparse.Namespace) -> dict:
     size = dict(height=H, width=W, frames_per_step=F)
     result = {
         "checkpoint": "shipped" if args.checkpoint is None else str(args.checkpoint),
-        "height": H, "width": W, "frames_per_step": F, "flow_steps": model.flow.config.steps, "num_envs": N,
+        "height": H, "width": W, "frames_per_step": F, "flow_steps": model.sampler.steps, "num_envs": N,
         "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
     }
     rng = np.random.default_rng(0)
@@ -134,6 +135,8 @@ def add_bench(subparsers) -> None:
     sim.add_argument("--width", type=int, default=64)
     sim.add_argument("--frames-per-step", type=int, default=4)
     sim.add_argument("--steps", type=int, default=100, help="env steps timed for the single env")
+    sim.add_argument("--render-batches", type=int, nargs="+", default=[1, 64], help="cameras per raw render call")
+    sim.add_argument("--num-envs", type=int, nargs="+", default=[16, 64], help="worlds of the vector envs timed")
     sim.set_defaults(func=bench_sim)
     model = targets.add_parser(
         "model",
@@ -143,6 +146,7 @@ def add_bench(subparsers) -> None:
     model.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
     model.add_argument("--preset", default="tiny", help="MM-DiT preset (default tiny)")
     model.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="rollouts side by side")
+    model.add_argument("--chunks", type=int, default=2, help="chunks rolled out per timed run (default 2)")
     model.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best and median)")
     model.set_defaults(func=bench_model)
     env = targets.add_parser(

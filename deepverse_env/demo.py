@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from deepverse_env.actions import ActionSet
 from deepverse_env.export import VideoWriter
-from deepverse_env.learned_env import DeepVerseEnv, load_model
+from deepverse_env.learned.env import DeepVerseEnv
+from deepverse_env.learned.world import load_model
 from deepverse_env.sim.env import DeepVerseSimEnv
 from world_model.metrics import copy_last_frame, frame_metrics
 
@@ -157,7 +158,7 @@ def run_demo(
         "point_cloud": str(ply),
         "metrics": str(out / "metrics.json"),
         "steps": len(script),
-        "points": len(env.world.clouds[0]),
+        "points": len(env.world.maps[0].cloud),
         "seconds": round(seconds, 2),
         "ground_truth": sim is not None,
         **({"mean": metrics["mean"]} if sim is not None else {}),

@@ -1,11 +1,21 @@
-"""Pictures for people: depth colour maps, top-down maps, frames side by side. Plain numpy, uint8 out.
+"""Pictures for people: depth colour maps, top-down maps, frames side by side, the panel both envs
+render, a predicted world's map, a window to show them in. Plain numpy, uint8 out.
 
 Top-down maps look at the horizontal x-z plane from above: x to the right, z up the image. For the
 simulator that is its floor plan; for an episode frame (the first camera, level) it is "forward is up".
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import gymnasium as gym
 import numpy as np
+
+from deepverse_env.export import PointCloud
+
+DEPTH_RANGE = (0.0, 12.0)  # metres spanned by the depth colour map of a panel
+PATH_STEPS = 10_000  # camera positions a WorldMap keeps (a ring: the most recent ones)
 
 # Google's Turbo colour map as its widely used degree-5 polynomial fit, one per channel.
 # Columns: red, green, blue; rows: coefficients of x^0 .. x^5.
@@ -178,3 +188,95 @@ def draw_cloud_map(
     pad = 0.1 * (hi - lo).max() + 0.5
     extent = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
     return draw_topdown(size, extent, points=xz, point_colours=colours[order], trajectory=path, heading=heading)
+
+
+def panel(rgb: np.ndarray, depth: np.ndarray, draw_map: Callable[[int], np.ndarray]) -> np.ndarray:
+    """RGB | depth colour map | a top-down map, upscaled to at least 256 pixels high: what both envs render.
+
+    Args:
+        rgb: (H, W, 3) uint8.  depth: (H, W, 1) metres.
+        draw_map: size -> (size, size, 3) uint8 top-down map; it is asked for the upscaled frame height.
+    Returns:
+        (H * k, W', 3) uint8 with k = max(1, 256 // H).
+    """
+    k = max(1, 256 // rgb.shape[0])
+    depth_colours = colorize_depth(depth[..., 0], *DEPTH_RANGE)
+    return side_by_side(upscale(rgb, k), upscale(depth_colours, k), draw_map(rgb.shape[0] * k))
+
+
+class WorldMap:
+    """The map of one predicted world this episode: a bounded uniform sample of its point cloud and the
+    camera's last ``PATH_STEPS`` positions, drawn beside the frame by ``panel``. Its memory is fixed when
+    it is made: ``points`` x 15 bytes plus ``PATH_STEPS`` x 12 bytes."""
+
+    def __init__(self, points: int):
+        self.cloud = PointCloud(points)
+        self.path = np.zeros((PATH_STEPS, 3), dtype=np.float32)  # camera positions, a ring
+        self.count = 0  # positions ever recorded this episode
+
+    def add(self, points: np.ndarray, colours: np.ndarray, position: np.ndarray) -> None:
+        """Record a frame: its (P, 3) points with (P, 3) uint8 colours and its (3,) camera position."""
+        self.path[self.count % PATH_STEPS] = position
+        self.count += 1
+        self.cloud.add(points, colours)
+
+    def clear(self) -> None:
+        self.cloud.clear()
+        self.count = 0
+
+    def copy(self) -> WorldMap:
+        out = WorldMap.__new__(WorldMap)
+        out.cloud, out.path, out.count = self.cloud.copy(), self.path.copy(), self.count
+        return out
+
+    def nbytes(self) -> int:
+        return self.cloud.nbytes() + self.path.nbytes
+
+    def positions(self) -> np.ndarray:
+        """(n, 3) the camera positions held, oldest first."""
+        if self.count <= PATH_STEPS:
+            return self.path[: self.count]
+        return np.roll(self.path, -(self.count % PATH_STEPS), axis=0)
+
+    def panel(self, rgb: np.ndarray, depth: np.ndarray, pose: np.ndarray) -> np.ndarray:
+        """``panel`` of the current frame, rgb (H, W, 3), depth (H, W, 1), pose (4, 4), beside this map."""
+        axis = pose[:3, 2]  # optical axis
+        heading = math.atan2(-axis[0], axis[2])  # 0 looks along +z, + turns left
+        return panel(
+            rgb, depth, lambda size: draw_cloud_map(size, self.cloud.points, self.cloud.colours, self.positions(), heading)
+        )
+
+
+class HumanWindow:
+    """A pygame window for ``render_mode="human"``, opened by the first ``show``. Making one checks that
+    pygame is installed (``DependencyNotInstalled`` if not)."""
+
+    def __init__(self, fps: float):
+        try:
+            import pygame  # noqa: F401
+        except ImportError:
+            raise gym.error.DependencyNotInstalled('render_mode="human" needs pygame: pip install pygame') from None
+        self.fps = fps
+        self._window = self._clock = None
+
+    def show(self, frame: np.ndarray) -> None:
+        """Show an (H, W, 3) uint8 frame and wait out the rest of 1 / fps."""
+        import pygame
+
+        if self._window is None:
+            pygame.init()
+            pygame.display.init()
+            self._window = pygame.display.set_mode((frame.shape[1], frame.shape[0]))
+            self._clock = pygame.time.Clock()
+        self._window.blit(pygame.surfarray.make_surface(frame.swapaxes(0, 1)), (0, 0))
+        pygame.event.pump()
+        pygame.display.flip()
+        self._clock.tick(self.fps)
+
+    def close(self) -> None:
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            pygame.quit()
+            self._window = None

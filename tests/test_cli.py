@@ -1,22 +1,82 @@
-"""The `deepverse` command line: help lists every subcommand."""
-import pytest
+"""The `deepverse` command line: its subcommands, and `bench sim|model|env` at tiny sizes (seconds)."""
+import argparse
+import json
 
-from deepverse_env.cli import main
+import pytest
+import torch
+from conftest import tiny_config
+
+from deepverse_env.cli import build_parser, main
+from world_model.model import DeepVerse
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser's subcommand parsers by name, as argparse dispatches on them."""
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return action.choices
+
+
+def run(capsys, *argv) -> dict:
+    """``main`` on the arguments; the JSON it prints, checked against the ``--out`` file it wrote."""
+    argv = list(map(str, argv))
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    with open(argv[argv.index("--out") + 1]) as f:
+        assert json.load(f) == result
+    return result
 
 
 def test_help_lists_commands(capsys):
+    commands = subcommands(build_parser())
+    assert set(commands) == {"collect", "bench", "demo"}
+    assert set(subcommands(commands["bench"])) == {"sim", "model", "env"}
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "collect" in out and "bench" in out
-    with pytest.raises(SystemExit):
-        main(["bench", "--help"])
-    out = capsys.readouterr().out
-    assert "sim" in out and "model" in out
+    assert all(name in out for name in commands)
 
 
 def test_unknown_command_is_an_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["teleport"])
     assert e.value.code == 2 and "teleport" in capsys.readouterr().err
+
+
+# ---- bench ------------------------------------------------------------------------------------------
+
+
+def test_bench_sim(tmp_path, capsys):
+    result = run(
+        capsys, "bench", "sim", "--height", 16, "--width", 16, "--steps", 3, "--render-batches", 1, 2,
+        "--num-envs", 2, "--out", tmp_path / "sim.json",
+    )
+    assert (result["height"], result["width"], result["frames_per_step"]) == (16, 16, 4)
+    for key in ("render_fps_batch1", "render_fps_batch2", "env_fps", "env_steps_per_s", "vector2_fps"):
+        assert result[key] > 0, key
+    assert "render_fps_batch64" not in result and "vector16_fps" not in result  # only the sizes asked for
+
+
+def test_bench_model(tmp_path, capsys):
+    result = run(
+        capsys, "bench", "model", "--preset", "tiny", "--batch-sizes", 1, "--repeats", 1, "--chunks", 1,
+        "--out", tmp_path / "model.json",
+    )
+    assert result["preset"] == "tiny" and result["parameters"] > 0 and set(result["batches"]) == {"1"}
+    batch = result["batches"]["1"]
+    for key in ("flops_per_flow_step", "flops_per_chunk", "ms_per_flow_step", "ms_per_chunk", "frames_per_s", "mfu_fp32"):
+        assert batch[key] > 0, key
+    assert batch["flops_per_chunk"] > batch["flops_per_flow_step"]
+
+
+def test_bench_env(tmp_path, capsys):
+    torch.manual_seed(0)
+    checkpoint = DeepVerse(tiny_config(sampler=dict(steps=1))).save_pretrained(tmp_path / "tiny")
+    result = run(
+        capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 2, "--out", tmp_path / "b.json"
+    )
+    assert result["checkpoint"] == str(checkpoint) and result["num_envs"] == 2 and result["flow_steps"] == 1
+    for key in ("env_steps_per_s", "env_fps", "vector2_fps", "sim_env_fps", "sim_vector2_fps", "state_mib_per_world"):
+        assert result[key] > 0, key
+    assert result["vector_speedup"] == pytest.approx(result["vector2_fps"] / result["env_fps"], rel=0.02)
+    assert result["ratio_to_sim"] == pytest.approx(result["env_fps"] / result["sim_env_fps"], rel=0.02)

@@ -13,7 +13,6 @@ from world_model.episodes import (
     EpisodeError,
     list_episodes,
     load_episode,
-    normalize_window,
     remove_partial,
     write_episode,
 )
@@ -155,13 +154,6 @@ def test_bad_dataset_arguments(tmp_path):
         EpisodeClips(tmp_path)
     with pytest.raises(ValueError, match="-1"):
         EpisodeClips(tmp_path, ClipConfig(chunks=-1))
-
-
-def test_normalize_window_batched():
-    frames, _ = synthetic_episode(2, 5)
-    batch = torch.stack([frames, frames])  # (2, T)
-    out = normalize_window(batch)
-    assert out.batch_size == torch.Size([2]) and out["rgb"].shape[:2] == (2, 1 + 2 * FPS)
 
 
 def test_memory_frame_is_psi_of_earlier_keyframes(tmp_path):

@@ -1,5 +1,5 @@
-"""DeepVerse-v0: env contract, the simulator's semantics, determinism, bad inputs, bounded memory,
-the native vector env, the planner API, SB3, rendering and export.
+"""DeepVerse-v0: env contract, the simulator's semantics, start loaders, determinism, bad inputs, bounded
+memory, the native vector env, the planner API, SB3, rendering and export.
 
 Models are untrained and tiny (a weight-free pixel codec and a one-block DiT, one flow step: a few ms
 a chunk), so the checks are about the env, not about what the model has learned.
@@ -17,11 +17,14 @@ from gymnasium.utils.env_checker import check_env
 
 import deepverse_env  # noqa: F401  (registers the envs)
 import world_model.model
-from deepverse_env.learned_env import DeepVerseEnv, Sentences
-from deepverse_env.learned_vector_env import DeepVerseVectorEnv
 from deepverse_env.export import read_ply
+from deepverse_env.learned.env import DeepVerseEnv
+from deepverse_env.learned.starts import EpisodeStarts, SimulatorStarts
+from deepverse_env.learned.vector_env import DeepVerseVectorEnv
 from deepverse_env.sim.env import DeepVerseSimEnv
+from deepverse_env.spaces import Sentences
 from deepverse_env.wrappers import SB3Observation
+from world_model.episodes import list_episodes, load_episode
 from world_model.model import DeepVerse, DeepVerseConfig
 from world_model.text import SENTENCES
 
@@ -31,7 +34,7 @@ SIZE = 16
 def fast_model(size: int = SIZE) -> DeepVerse:
     torch.manual_seed(0)
     config = DeepVerseConfig(
-        codec="pixel", height=size, width=size, dit_overrides=TINY_DIT, flow_overrides=dict(steps=1)
+        codec="pixel", height=size, width=size, dit_overrides=TINY_DIT, sampler=dict(steps=1)
     )
     return DeepVerse(config)
 
@@ -80,7 +83,7 @@ def test_check_env(tmp_path, monkeypatch):
     also through the module-qualified id that needs no import, and in text-action mode."""
     DeepVerse(tiny_config()).save_pretrained(tmp_path / "ckpt")
     monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
-    env = gym.make("deepverse_env:DeepVerse-v0", checkpoint=tmp_path / "ckpt", steps=1)
+    env = gym.make("deepverse_env:DeepVerse-v0", checkpoint=tmp_path / "ckpt", sampler={"steps": 1})
     check_env(env.unwrapped, skip_render_check=not pygame_available())
     check_env(make(fast_model(), text_actions=True).unwrapped, skip_render_check=True)
 
@@ -106,6 +109,39 @@ def test_spaces_and_step_match_the_simulator(model):
         assert info["sentence"] == env.unwrapped.actions[a].sentence and info["scale"] > 0
         assert reward == 0.0 and not terminated and not truncated
     assert env.spec.max_episode_steps == 500
+
+
+def test_start_loaders(model, tiny_episodes, tmp_path):
+    """First frames come from the ``starts`` loader: recorded episodes (seed s: episode s % n, no seed: the
+    next one, also at a vector env's autoreset) or the simulator at another field of view."""
+    firsts = [load_episode(path)[0][0] for path in list_episodes(tiny_episodes)]  # 6 episodes
+    env = make(model, starts=EpisodeStarts(tiny_episodes))
+    for seed, episode_index in ((1, 1), (7, 1), (None, 2), (None, 3)):
+        obs, info = env.reset(seed=seed)
+        for k in ("rgb", "depth", "intrinsics"):
+            assert np.array_equal(obs[k], firsts[episode_index][k].numpy()), (seed, k)
+        assert np.array_equal(obs["pose"], np.eye(4, dtype=np.float32)) and info["scene_seed"] == -1
+    assert env.observation_space.contains(env.step(1)[0])
+
+    envs = DeepVerseVectorEnv(2, checkpoint=model, starts=EpisodeStarts(tiny_episodes), max_episode_steps=1)
+    obs, _ = envs.reset(seed=[0, 3])
+    envs.step([1, 1])  # both truncate
+    restarted, *_ = envs.step([1, 1])
+    for i, (start, restart) in enumerate(((0, 4), (3, 5))):
+        assert np.array_equal(obs["rgb"][i], firsts[start]["rgb"].numpy())
+        assert np.array_equal(restarted["rgb"][i], firsts[restart]["rgb"].numpy())
+
+    obs, info = make(model, starts=SimulatorStarts(SIZE, SIZE, fov_deg=60.0)).reset(seed=2)
+    sim_obs, sim_info = DeepVerseSimEnv(height=SIZE, width=SIZE, fov_deg=60.0).reset(seed=2)
+    for k in obs:
+        assert np.array_equal(obs[k], sim_obs[k]), k
+    assert info["scene_seed"] == sim_info["scene_seed"]
+    assert not np.array_equal(obs["intrinsics"], make(model).reset(seed=2)[0]["intrinsics"])  # default: 75 degrees
+
+    with pytest.raises(ValueError, match=r"SimulatorStarts.load gave rgb uint8 \(1, 32, 32, 3\); expected uint8 \(1, 16"):
+        DeepVerseEnv(checkpoint=model, starts=SimulatorStarts(32, 32)).reset(seed=0)
+    with pytest.raises(ValueError, match="no recorded episodes"):
+        EpisodeStarts(tmp_path)
 
 
 def test_same_seed_same_episode(model):
@@ -153,6 +189,9 @@ def test_bad_inputs_raise_clear_errors_and_the_env_stays_usable(model, tmp_path,
         (dict(frames_per_step=3), "frames_per_step=3 does not match the model's chunk of 4"),
         (dict(dtype="float8"), "dtype must be one of"),
         (dict(flow_steps=3), r"unknown DeepVerse-v0 argument\(s\) \['flow_steps'\]"),
+        (dict(sampler={"steps": 0}), "steps must be a positive integer, got 0"),
+        (dict(sampler={"guidance": 2.0}), r"\['guidance'\] are not sampler settings"),
+        (dict(starts="episodes/"), r"starts must be None or a StartLoader .*got 'episodes/'"),
         (dict(render_mode="ascii"), "render_mode"),
     ]:
         with pytest.raises(ValueError, match=match):
@@ -254,7 +293,7 @@ def long_episode(env: gym.Env, steps: int) -> None:
     config = world.config
     assert int(world.rollout.length.max()) <= config.cache_max
     assert int(world.rollout.memory.sizes().max()) <= config.memory_capacity
-    assert len(world.clouds[0]) <= config.map_points
+    assert len(world.maps[0].cloud) <= config.map_points
     if rss[0] is not None:
         warm = steps // 5  # warm-up: caches, the memory pool and the map filling
         half = (steps - warm) // 2
@@ -266,7 +305,7 @@ def test_thousand_step_episode_is_finite_and_memory_is_bounded():
     env = make(walking_model(), cache_max=3, memory_capacity=8, map_points=500, reward="exploration", max_episode_steps=None)
     long_episode(env, 1000)
     world = env.unwrapped.world
-    assert int(world.rollout.memory.sizes().max()) == 8 and world.clouds[0].seen > 500  # bounds reached
+    assert int(world.rollout.memory.sizes().max()) == 8 and world.maps[0].cloud.seen > 500  # bounds reached
     assert world.td["pose"][0, 2, 3] > 100  # walked 0.24 m a step, the window sliding all the way
 
 
@@ -379,11 +418,16 @@ def test_imagine_and_state_snapshots(model):
     assert np.array_equal(a[0]["rgb"], b[0]["rgb"]) and a[1] == b[1]
 
     snapshot = u.get_state()
+    world_map = u.world.maps[0]
+    count, seen = world_map.count, world_map.cloud.seen
     first = env.step(1)
     env.step(2)
+    assert u.world.maps[0].count == count + 2
     u.set_state(snapshot)
+    assert (u.world.maps[0].count, u.world.maps[0].cloud.seen) == (count, seen)  # the map is restored too
     replay = env.step(1)  # restored windows, memory, hook state and noise: the same step again
     assert np.array_equal(first[0]["rgb"], replay[0]["rgb"]) and first[1] == replay[1]
+    assert snapshot.maps[0].count == count, "the snapshot stays as it was taken"
     from_snapshot = u.imagine(plans[:, :1], state=snapshot, seed=1)
     assert from_snapshot.batch_size == torch.Size([6, 1])
     with pytest.raises(ValueError, match="outside"):
@@ -414,6 +458,16 @@ def test_sb3_check_env_and_ppo_on_the_wrapped_env():
     assert env.action_space.contains(int(action))
 
 
+def test_state_size_counts_the_map(model):
+    sizes = {}
+    for points in (100, 300):
+        env = make(model, map_points=points)
+        env.reset(seed=0)
+        env.step(1)
+        sizes[points] = env.unwrapped.world.nbytes()
+    assert sizes[300] - sizes[100] == 200 * 15  # 3 float32 + 3 uint8 per point of the map's cloud
+
+
 def test_render_and_point_cloud_export(model, tmp_path, monkeypatch):
     env = make(model, render_mode="rgb_array", map_points=300)
     sim = DeepVerseSimEnv(height=SIZE, width=SIZE, render_mode="rgb_array")
@@ -427,7 +481,7 @@ def test_render_and_point_cloud_export(model, tmp_path, monkeypatch):
     for binary in (True, False):
         path = env.unwrapped.export_point_cloud(tmp_path / f"world{binary}.ply", binary=binary)
         points, colours = read_ply(path)
-        cloud = env.unwrapped.world.clouds[0]
+        cloud = env.unwrapped.world.maps[0].cloud
         assert len(points) == len(cloud) == 300
         assert np.allclose(points, cloud.points, rtol=1e-5) and np.array_equal(colours, cloud.colours)
 

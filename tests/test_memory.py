@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 
 from world_model.memory import MemoryConfig, MemoryPool
 
-LATENT = (2, 3, 3)  # (C, h, w)
+FRAME = (2, 3, 3)  # (C, h, w)
 
 
 def random_pose(rng, spread: float = 3.0) -> torch.Tensor:
@@ -22,19 +22,19 @@ class ReferencePool:
     """One world's memory as a list, written from the docstring of MemoryPool; ψ by sorting."""
 
     def __init__(self, config: MemoryConfig):
-        self.config, self.entries = config, []  # entries oldest first: (key, pose, latent)
+        self.config, self.entries = config, []  # entries oldest first: (key, pose, frame)
 
     def key(self, pose: np.ndarray):
         cell = tuple(math.floor(float(np.float32(x) / np.float32(self.config.cell_size))) for x in pose[:3, 3])
         heading = math.atan2(pose[0, 2], pose[2, 2])
         return cell, math.floor((heading + math.pi) / (2 * math.pi) * self.config.yaw_bins) % self.config.yaw_bins
 
-    def add(self, pose: np.ndarray, latent: np.ndarray) -> None:
+    def add(self, pose: np.ndarray, frame: np.ndarray) -> None:
         key = self.key(pose)
         self.entries = [e for e in self.entries if e[0] != key]  # the fresher view replaces
         if len(self.entries) == self.config.capacity:
             self.entries.pop(0)  # evict the least recently written
-        self.entries.append((key, pose, latent))
+        self.entries.append((key, pose, frame))
 
     def retrieve(self, query: np.ndarray):
         if not self.entries:
@@ -53,35 +53,35 @@ def test_retrieval_matches_reference(seed):
     rng = np.random.default_rng(seed)
     config = MemoryConfig(capacity=int(rng.integers(3, 12)), k=int(rng.integers(1, 6)), cell_size=1.5, yaw_bins=4)
     B = 3
-    pool = MemoryPool(config, B, LATENT)
+    pool = MemoryPool(config, B, FRAME)
     refs = [ReferencePool(config) for _ in range(B)]
     for step in range(40):
         poses = torch.stack([random_pose(rng) for _ in range(B)])  # (B, 4, 4)
-        latents = torch.randn(B, *LATENT)
+        frames = torch.randn(B, *FRAME)
         mask = torch.tensor(rng.random(B) < 0.7)
         mask[2] = mask[2] & (step >= 30)  # world 2 stays empty for a while
-        pool.add(latents, poses, mask)
+        pool.add(frames, poses, mask)
         for b in range(B):
             if mask[b]:
-                refs[b].add(poses[b].double().numpy(), latents[b].numpy())
+                refs[b].add(poses[b].double().numpy(), frames[b].numpy())
         queries = torch.stack([random_pose(rng) for _ in range(B)])
-        latent, pose, found = pool.retrieve(queries)
+        frame, pose, found = pool.retrieve(queries)
         assert pool.sizes().tolist() == [len(r.entries) for r in refs]
         for b in range(B):
             expected = refs[b].retrieve(queries[b].double().numpy())
             assert bool(found[b]) == (expected is not None)
             if expected is None:
-                assert not latent[b].any() and not pose[b].any()
+                assert not frame[b].any() and not pose[b].any()
             else:
                 assert np.array_equal(pose[b].numpy(), expected[1].astype(np.float32))
-                assert np.array_equal(latent[b].numpy(), expected[2])
+                assert np.array_equal(frame[b].numpy(), expected[2])
 
 
 def test_size_is_bounded_over_a_long_walk():
     rng = np.random.default_rng(0)
     config = MemoryConfig(capacity=64, k=5, cell_size=0.5, yaw_bins=8)
     B = 2
-    pool = MemoryPool(config, B, LATENT)
+    pool = MemoryPool(config, B, FRAME)
     refs = [ReferencePool(config) for _ in range(B)]
     pos, yaw = np.zeros((B, 3)), np.zeros(B)
     for step in range(2000):
@@ -92,10 +92,10 @@ def test_size_is_bounded_over_a_long_walk():
         c2w = torch.eye(4).repeat(B, 1, 1)
         c2w[:, :3, :3] = torch.tensor(Rotation.from_euler("y", yaw[:, None]).as_matrix(), dtype=torch.float32)
         c2w[:, :3, 3] = torch.tensor(pos, dtype=torch.float32)
-        latents = torch.full((B, *LATENT), float(step))
-        pool.add(latents, c2w)
+        frames = torch.full((B, *FRAME), float(step))
+        pool.add(frames, c2w)
         for b in range(B):
-            refs[b].add(c2w[b].double().numpy(), latents[b].numpy())
+            refs[b].add(c2w[b].double().numpy(), frames[b].numpy())
         assert (pool.sizes() <= config.capacity).all()
     assert pool.sizes().tolist() == [config.capacity] * B
     valid = pool.state["valid"]
@@ -104,40 +104,40 @@ def test_size_is_bounded_over_a_long_walk():
         keys = set(zip(map(tuple, cells), headings))
         assert len(keys) == config.capacity  # one entry per (cell, heading bin)
         # The freshest view of each of the 64 most recently visited (cell, heading) pairs.
-        stored = sorted(pool.state["latent"][b][valid[b]][:, 0, 0, 0].tolist())
+        stored = sorted(pool.state["frame"][b][valid[b]][:, 0, 0, 0].tolist())
         assert stored == sorted(float(e[2][0, 0, 0]) for e in refs[b].entries)
 
 
 def test_same_cell_and_heading_keeps_the_fresher_view():
-    pool = MemoryPool(MemoryConfig(capacity=4, cell_size=1.0, yaw_bins=4), 1, LATENT)
+    pool = MemoryPool(MemoryConfig(capacity=4, cell_size=1.0, yaw_bins=4), 1, FRAME)
     pose = torch.eye(4)[None]
     nearby = pose.clone()
     nearby[0, :3, 3] = torch.tensor([0.3, 0.2, 0.4])  # same cell, same heading
-    pool.add(torch.zeros(1, *LATENT), pose)
-    pool.add(torch.ones(1, *LATENT), nearby)
+    pool.add(torch.zeros(1, *FRAME), pose)
+    pool.add(torch.ones(1, *FRAME), nearby)
     assert pool.sizes().tolist() == [1]
-    latent, c2w, found = pool.retrieve(pose)
-    assert found.item() and torch.equal(c2w, nearby) and (latent == 1).all()
+    frame, c2w, found = pool.retrieve(pose)
+    assert found.item() and torch.equal(c2w, nearby) and (frame == 1).all()
     for i in range(5):  # distinct cells: the oldest entries are evicted
         far = pose.clone()
         far[0, 0, 3] = 10.0 * (i + 1)
-        pool.add(torch.full((1, *LATENT), 2.0 + i), far)
+        pool.add(torch.full((1, *FRAME), 2.0 + i), far)
     assert pool.sizes().tolist() == [4]
-    assert sorted(pool.state["latent"][0, :, 0, 0, 0].tolist()) == [3.0, 4.0, 5.0, 6.0]
+    assert sorted(pool.state["frame"][0, :, 0, 0, 0].tolist()) == [3.0, 4.0, 5.0, 6.0]
 
 
 def test_empty_pool_finds_nothing():
-    pool = MemoryPool(MemoryConfig(), 2, LATENT)
-    latent, c2w, found = pool.retrieve(torch.eye(4).repeat(2, 1, 1))
-    assert not found.any() and not latent.any() and not c2w.any()
-    assert latent.shape == (2, *LATENT) and c2w.shape == (2, 4, 4)
+    pool = MemoryPool(MemoryConfig(), 2, FRAME)
+    frame, c2w, found = pool.retrieve(torch.eye(4).repeat(2, 1, 1))
+    assert not found.any() and not frame.any() and not c2w.any()
+    assert frame.shape == (2, *FRAME) and c2w.shape == (2, 4, 4)
 
 
 def test_reset_clears_only_masked_worlds():
-    pool = MemoryPool(MemoryConfig(), 3, LATENT)
+    pool = MemoryPool(MemoryConfig(), 3, FRAME)
     rng = np.random.default_rng(1)
     for _ in range(4):
-        pool.add(torch.randn(3, *LATENT), torch.stack([random_pose(rng) for _ in range(3)]))
+        pool.add(torch.randn(3, *FRAME), torch.stack([random_pose(rng) for _ in range(3)]))
     pool.reset(torch.tensor([False, True, False]))
     assert pool.sizes().tolist() == [4, 0, 4]
     assert pool.retrieve(torch.eye(4).repeat(3, 1, 1))[2].tolist() == [True, False, True]
@@ -147,17 +147,17 @@ def test_reset_clears_only_masked_worlds():
 
 def test_clone_select_and_load_state_are_independent():
     rng = np.random.default_rng(2)
-    pool = MemoryPool(MemoryConfig(), 2, LATENT)
-    pool.add(torch.randn(2, *LATENT), torch.stack([random_pose(rng) for _ in range(2)]))
+    pool = MemoryPool(MemoryConfig(), 2, FRAME)
+    pool.add(torch.randn(2, *FRAME), torch.stack([random_pose(rng) for _ in range(2)]))
     copy = pool.clone()
-    copy.add(torch.randn(2, *LATENT), torch.stack([random_pose(rng) for _ in range(2)]))
+    copy.add(torch.randn(2, *FRAME), torch.stack([random_pose(rng) for _ in range(2)]))
     assert pool.sizes().tolist() == [1, 1] and copy.sizes().tolist() == [2, 2]
 
     many = pool.select(torch.tensor([1, 1, 1]))  # one world expanded to three candidates
     assert many.batch_size == 3 and many.sizes().tolist() == [1, 1, 1]
     query = torch.stack([random_pose(rng)] * 3)
     assert torch.equal(many.retrieve(query)[0][0], pool.retrieve(query[:2])[0][1])
-    many.add(torch.randn(3, *LATENT), query, torch.tensor([True, False, False]))
+    many.add(torch.randn(3, *FRAME), query, torch.tensor([True, False, False]))
     assert many.sizes().tolist() == [2, 1, 1] and pool.sizes().tolist() == [1, 1]
 
     pool.load_state(copy)
@@ -170,6 +170,6 @@ def test_clone_select_and_load_state_are_independent():
 
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="capacity"):
-        MemoryPool(MemoryConfig(capacity=0), 1, LATENT)
+        MemoryPool(MemoryConfig(capacity=0), 1, FRAME)
     with pytest.raises(ValueError, match="cell_size"):
-        MemoryPool(MemoryConfig(cell_size=0.0), 1, LATENT)
+        MemoryPool(MemoryConfig(cell_size=0.0), 1, FRAME)

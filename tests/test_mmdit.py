@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from world_model.mmdit import HISTORY, NOISY, SPATIAL, TEXT, MMDiT, MMDiTConfig, apply_rope, unpatchify
+from world_model.mmdit import HISTORY, NOISY, SPATIAL, TEXT, Condition, MMDiT, MMDiTConfig, apply_rope, unpatchify
+from world_model.text_encoder import TextEmbedding
 
 from conftest import perturb_zero_init
 
@@ -34,13 +35,22 @@ def inputs(B=2, Th=2, k=1, L=3, S=1, seed=0):
     )
 
 
+def condition(x: dict, spatial_mask=None) -> Condition:
+    """The ``Condition`` of a dict of ``inputs``."""
+    text = TextEmbedding(x["text_tokens"], x["text_mask"], x["text_pooled"])
+    return Condition(text, text, x["history"], x["history_t"], x["spatial"], spatial_mask)
+
+
+def call(model: MMDiT, x: dict, known=None, spatial_mask=None):
+    return model(x["x_noisy"], x["t"], condition(x, spatial_mask), known)
+
 
 @pytest.mark.parametrize("mode", ["token", "channel"])
 @pytest.mark.parametrize("k", [1, 2])
 def test_output_shape(mode, k):
     model = MMDiT(tiny_config(history_mode=mode))
     x = inputs(k=k)
-    v = model(**x)
+    v = call(model, x)
     assert v.shape == (2, k, C, H, W)
     assert torch.all(v == 0)  # zero-initialised final layer
 
@@ -49,7 +59,7 @@ def test_token_mode_accepts_any_history_length_and_none():
     model = MMDiT(tiny_config())
     perturb_zero_init(model)
     for Th in (0, 1, 3):
-        assert model(**inputs(Th=Th, S=0)).shape == (2, 1, C, H, W)
+        assert call(model, inputs(Th=Th, S=0)).shape == (2, 1, C, H, W)
 
 
 @pytest.mark.parametrize("mode", ["token", "channel"])
@@ -59,7 +69,7 @@ def test_gradients_reach_every_parameter(mode):
     x = inputs(k=2)
     known = torch.zeros(2, 2, C, dtype=torch.bool)
     known[:, :, :2] = True
-    v = model(**x, known=known)
+    v = call(model, x, known=known)
     ((v - torch.randn_like(v)) ** 2).mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -117,8 +127,7 @@ def test_split_computation_equals_joint_masked_attention():
     spatial_mask = torch.tensor([True, False])
     with torch.no_grad():
         ref, ref_kv, _ = joint_forward(model, **x, spatial_mask=spatial_mask)
-        ctx = model.encode_context(x["history"], x["history_t"], x["text_tokens"], x["text_mask"],
-                                   x["text_pooled"], x["spatial"], spatial_mask)
+        ctx = model.encode_context(condition(x, spatial_mask))
         v = model.denoise(x["x_noisy"], x["t"], ctx)
     torch.testing.assert_close(v, ref, rtol=1e-4, atol=1e-5)
     for (k_ref, v_ref), k, vv in zip(ref_kv, ctx.k, ctx.v):
@@ -147,8 +156,7 @@ def test_cached_context_reused_across_steps_is_unchanged():
     perturb_zero_init(model)
     x = inputs()
     with torch.no_grad():
-        names = ("history", "history_t", "text_tokens", "text_mask", "text_pooled", "spatial")
-        ctx = model.encode_context(*(x[n] for n in names))
+        ctx = model.encode_context(condition(x))
         first = model.denoise(x["x_noisy"], 0.7, ctx)
         model.denoise(torch.randn_like(x["x_noisy"]), 0.3, ctx)
         again = model.denoise(x["x_noisy"], 0.7, ctx)
@@ -161,9 +169,9 @@ def test_masked_memory_frame_equals_no_memory_frame(mode):
     perturb_zero_init(model)
     x = inputs()
     with torch.no_grad():
-        without = model(**{**x, "spatial": None})
-        masked = model(**x, spatial_mask=torch.tensor([False, True]))
-        present = model(**x)
+        without = call(model, {**x, "spatial": None})
+        masked = call(model, x, spatial_mask=torch.tensor([False, True]))
+        present = call(model, x)
     torch.testing.assert_close(masked[0], without[0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(masked[1], present[1], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(present[0], without[0])
@@ -176,7 +184,7 @@ def test_known_mask_changes_the_prediction():
     known = torch.zeros(2, 1, C, dtype=torch.bool)
     known[:, :, :3] = True
     with torch.no_grad():
-        assert not torch.allclose(model(**x), model(**x, known=known))
+        assert not torch.allclose(call(model, x), call(model, x, known=known))
 
 
 @pytest.mark.parametrize(
@@ -198,16 +206,16 @@ def test_bad_inputs_raise():
     model = MMDiT(tiny_config())
     x = inputs()
     with pytest.raises(ValueError, match="history"):
-        model(**{**x, "history": torch.randn(2, 2, C + 1, H, W)})
+        call(model, {**x, "history": torch.randn(2, 2, C + 1, H, W)})
     with pytest.raises(ValueError, match="x_noisy"):
-        model(**{**x, "x_noisy": torch.randn(2, 1, C, H, W + 2)})
+        call(model, {**x, "x_noisy": torch.randn(2, 1, C, H, W + 2)})
     with pytest.raises(ValueError, match="known"):
-        model(**x, known=torch.zeros(2, 1, C + 1, dtype=torch.bool))
+        call(model, x, known=torch.zeros(2, 1, C + 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="max_frames"):
-        model(**{**x, "x_noisy": torch.randn(2, 5, C, H, W)})
+        call(model, {**x, "x_noisy": torch.randn(2, 5, C, H, W)})
     with pytest.raises(ValueError, match="text"):
-        model(**{**x, "text_pooled": torch.randn(2, 11)})
+        call(model, {**x, "text_pooled": torch.randn(2, 11)})
     with pytest.raises(ValueError, match="spatial_mask"):
-        model(**x, spatial_mask=torch.ones(3, dtype=torch.bool))
+        call(model, x, spatial_mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="exactly 2 history frames"):
-        MMDiT(tiny_config(history_mode="channel"))(**inputs(Th=1))
+        call(MMDiT(tiny_config(history_mode="channel")), inputs(Th=1))

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from world_model.episodes import EpisodeClips
+from world_model.episodes import ClipConfig, EpisodeClips
+from world_model.flow import SamplerConfig
 from world_model.model import DeepVerse, DeepVerseConfig, load_pretrained
 from world_model.text import SENTENCES
 
@@ -12,7 +13,7 @@ from conftest import perturb_zero_init, tiny_config
 
 
 def batch_of(model, root, n=4):
-    ds = EpisodeClips(root, model.clip_config())
+    ds = EpisodeClips(root, ClipConfig(chunks=model.history_frames, memory=True))
     return EpisodeClips.collate([ds[i] for i in range(n)])
 
 
@@ -106,6 +107,36 @@ def test_checkpoint_round_trip_and_errors(tiny_model, tmp_path):
     (other / "config.json").write_text(json.dumps({"codec": "tiny", "colour": "blue"}))
     with pytest.raises(ValueError, match="colour"):
         DeepVerse.from_pretrained(other)
+
+
+def test_sampler_settings_live_in_one_config(tiny_model, tiny_episodes, tmp_path):
+    """``config.sampler`` holds the model's changes to ``SamplerConfig``; calls change it per call; exports from
+    before ``sampler`` existed (settings in ``flow_overrides``) load with their settings."""
+    assert tiny_model.sampler == SamplerConfig()
+    tiny_model.set_sampler(steps=2, s_text=1.5)
+    assert tiny_model.config.sampler == {"steps": 2, "s_text": 1.5}
+    assert tiny_model.sampler == SamplerConfig(steps=2, s_text=1.5)
+    again = DeepVerse.from_pretrained(tiny_model.save_pretrained(tmp_path / "m"))
+    assert again.sampler == tiny_model.sampler and again.config.weights_dict() == tiny_model.config.weights_dict()
+    legacy = tiny_config(flow_overrides={"text_drop": 0.2}).to_dict()
+    del legacy["sampler"]
+    legacy["flow_overrides"] = {"text_drop": 0.2, "steps": 4, "s_text": 1.25}
+    old = DeepVerseConfig.from_dict(legacy)
+    assert old.sampler == {"steps": 4, "s_text": 1.25} and old.flow_overrides == {"text_drop": 0.2}
+
+    perturb_zero_init(tiny_model.dit)
+    lat = tiny_model.eval().encode(batch_of(tiny_model, tiny_episodes, n=2))
+    def run(**kw):
+        return tiny_model.next_latent(lat[:, :2], [SENTENCES[3]] * 2, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(run(), run(sampler={"steps": 2}))  # the model's own settings
+    assert not torch.allclose(run(), run(sampler={"steps": 1}))
+    with pytest.raises(ValueError, match=r"\['flavour'\] are not sampler settings"):
+        run(sampler={"flavour": 1})
+    with pytest.raises(ValueError, match=r"\['steps'\] in flow_overrides are sampler settings"):
+        DeepVerseConfig(flow_overrides={"steps": 3})
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        tiny_model.set_sampler(steps=0)
+    assert tiny_model.sampler.steps == 2  # a rejected change changes nothing
 
 
 def test_bad_config_values():

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 import world_model
+from world_model.mmdit import Condition
+from world_model.text_encoder import TextEmbedding
 from world_model import PRESETS, build, config
 
 
@@ -25,11 +27,9 @@ def test_tiny_preset_builds_and_runs():
     print(f"tiny MM-DiT: {count(model) / 1e6:.2f}M parameters")
     c = model.config
     B = 1
-    v = model(
-        torch.randn(B, 1, c.latent_channels, *c.latent_size), 0.5,
-        torch.randn(B, c.history_frames, c.latent_channels, *c.latent_size), 0.0,
-        torch.randn(B, 4, c.text_dim), torch.ones(B, 4, dtype=torch.bool), torch.randn(B, c.text_dim),
-    )
+    text = TextEmbedding(torch.randn(B, 4, c.text_dim), torch.ones(B, 4, dtype=torch.bool), torch.randn(B, c.text_dim))
+    history = torch.randn(B, c.history_frames, c.latent_channels, *c.latent_size)
+    v = model(torch.randn(B, 1, c.latent_channels, *c.latent_size), 0.5, Condition(text, text, history))
     assert v.shape == (B, 1, c.latent_channels, *c.latent_size)
 
 

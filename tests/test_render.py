@@ -1,9 +1,10 @@
-"""Pictures for people: colour maps, top-down maps, side-by-side frames, and the envs' rgb_array render."""
+"""Pictures for people: colour maps, top-down maps, side-by-side frames, a world's map, and the envs' rgb_array
+render."""
 import gymnasium as gym
 import numpy as np
 
 import deepverse_env  # noqa: F401  (registers the envs)
-from deepverse_env.render import colorize_depth, draw_topdown, side_by_side, turbo, upscale
+from deepverse_env.render import PATH_STEPS, WorldMap, colorize_depth, draw_topdown, side_by_side, turbo, upscale
 
 
 def test_turbo_runs_blue_to_red():
@@ -75,3 +76,18 @@ def test_env_render_rgb_array():
     vec.step(np.array([1, 2]))
     frames = vec.render()
     assert len(frames) == 2 and frames[0].shape == frame.shape
+
+
+def test_world_map_keeps_the_latest_path_in_bounded_memory():
+    world_map = WorldMap(points=10)
+    no_points = np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+    for t in range(PATH_STEPS + 3):
+        if t == 2:
+            assert world_map.positions()[:, 0].tolist() == [0, 1]
+        world_map.add(*no_points, np.full(3, t, np.float32))
+    path = world_map.positions()[:, 0]  # the ring wrapped: the latest PATH_STEPS positions, oldest first
+    assert len(path) == PATH_STEPS and path[0] == 3 and np.all(np.diff(path) == 1)
+    assert world_map.nbytes() == 10 * 15 + PATH_STEPS * 12
+    copy = world_map.copy()
+    world_map.clear()
+    assert len(world_map.positions()) == 0 and np.array_equal(copy.positions()[:, 0], path)

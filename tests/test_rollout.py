@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import deepverse_env  # noqa: F401
+import world_model.rollout
 from world_model.memory import MemoryConfig
 from world_model.rollout import Rollout, RolloutConfig
 from world_model.text import SENTENCES
@@ -99,9 +100,9 @@ def test_bad_inputs(tiny_model):
     with pytest.raises(ValueError, match="depth has NaN"):
         r.reset(rgb, bad, K)
     with pytest.raises(ValueError, match="s_text must be a finite guidance scale, got nan"):
-        make(tiny_model, 1, s_text=float("nan"))
+        make(tiny_model, 1, sampler={"s_text": float("nan")})
     with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
-        make(tiny_model, 1, steps=0)
+        make(tiny_model, 1, sampler={"steps": 0})
     with pytest.raises(ValueError, match=r"scale_quantile must be in \[0, 0.5\), got 0.7"):
         make(tiny_model, 1, scale_quantile=0.7)
     with pytest.raises(ValueError, match="together"):
@@ -116,21 +117,22 @@ def test_bad_inputs(tiny_model):
         make(tiny_model, 1, cache_max=2, keep=2)
 
 
-def test_a_slide_rescales_from_the_depth_not_from_a_few_outlier_pixels(tiny_model):
+def test_a_slide_rescales_from_the_depth_not_from_a_few_outlier_pixels(tiny_model, monkeypatch):
     """Generated depth has a few pixels far nearer than the surface around them; re-anchoring a window on
     its nearest pixel would shrink the scale at every slide (the shipped model: to 1e-15 in 600 steps)."""
+    to_frames = world_model.rollout.to_frames
+
+    def with_outliers(*args):
+        frames = to_frames(*args)
+        frames["depth"][:, :, 0, :2] *= 1e-3  # 2 of 256 pixels per frame
+        return frames
+
+    monkeypatch.setattr(world_model.rollout, "to_frames", with_outliers)  # what the rollout generates
     ratio = {}
     for quantile in (0.0, 0.01):
         r = make(tiny_model, 1, cache_max=2, scale_quantile=quantile)  # keep = 1: a slide every other step
         r.reset(*first_frames(1))
-        to_metric, start = r._to_metric, float(r.scale[0])
-
-        def with_outliers(decoded, idx, to_metric=to_metric):
-            frames = to_metric(decoded, idx)
-            frames["depth"][:, :, 0, :2] *= 1e-3  # 2 of 256 pixels per frame
-            return frames
-
-        r._to_metric = with_outliers
+        start = float(r.scale[0])
         for _ in range(6):
             chunk = r.step(WALK[:1])
             assert torch.isfinite(chunk["depth"]).all() and (chunk["depth"] > 0).all()

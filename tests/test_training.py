@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import save_file
 
 from conftest import tiny_config
+from deepverse_env.collect import collect
 from world_model.cli import LastCheckpoint, cli_main
 from world_model.datamodule import DeepVerseDataModule
 from world_model.lit_module import (
@@ -36,7 +37,7 @@ DATA = dict(
 def data_dir(tmp_path_factory) -> Path:
     """Train / val / test splits of 16x16 episodes, recorded by the data module itself."""
     root = tmp_path_factory.mktemp("sim")
-    DeepVerseDataModule(str(root), **DATA).prepare_data()
+    DeepVerseDataModule(str(root), **DATA, recorder=collect).prepare_data()
     return root
 
 
@@ -101,7 +102,7 @@ def test_codec_stage_trains_only_the_codec_and_exports_its_ema(data_dir, tmp_pat
 def test_world_model_stage_loads_a_frozen_codec_and_reports_metrics_beside_baselines(data_dir, tmp_path):
     stage1 = DeepVerse(tiny_config())
     stage1.save_pretrained(tmp_path / "codec")
-    module = WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "codec"), eval_steps=1)
+    module = WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "codec"), eval_sampler={"steps": 1})
     assert same(module.model.codec, stage1.codec) and same(module.ema.module.codec, stage1.codec)
     dit0 = {k: v.clone() for k, v in module.model.dit.state_dict().items()}
     fit = trainer(tmp_path, 2)
@@ -147,9 +148,9 @@ def test_world_model_stage_starts_from_a_whole_export(tmp_path):
     trained.set_sampler(s_text=1.0)
     trained.save_pretrained(tmp_path / "tuned")
     module = WorldModelModule(model=tiny_config(), init_weights=str(tmp_path / "tuned"))
-    assert module.model.flow.config.s_text == 1.0 and module.model.config.flow_overrides == {"s_text": 1.0}
-    module = WorldModelModule(model=tiny_config(flow_overrides={"s_text": 2.0, "steps": 3}), init_weights=str(tmp_path / "tuned"))
-    assert (module.model.flow.config.s_text, module.model.flow.config.steps) == (2.0, 3) and same(module.model, trained)
+    assert module.model.sampler.s_text == 1.0 and module.model.config.sampler == {"s_text": 1.0}
+    module = WorldModelModule(model=tiny_config(sampler={"s_text": 2.0, "steps": 3}), init_weights=str(tmp_path / "tuned"))
+    assert (module.model.sampler.s_text, module.model.sampler.steps) == (2.0, 3) and same(module.model, trained)
     with pytest.raises(ValueError, match="another config than model: .*'flow_overrides'"):
         WorldModelModule(model=tiny_config(flow_overrides={"text_drop": 0.5}), init_weights=str(tmp_path / "tuned"))
     with pytest.raises(ValueError, match=r"\['text_drop'\] are not sampler settings"):
@@ -161,7 +162,7 @@ def test_world_model_stage_starts_from_a_whole_export(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):
-    module = WorldModelModule(model=tiny_config(), eval_steps=1)
+    module = WorldModelModule(model=tiny_config(), eval_sampler={"steps": 1})
     fit = trainer(tmp_path, 2, precision="bf16-mixed")
     fit.fit(module, datamodule=datamodule(data_dir))
     assert torch.isfinite(fit.callback_metrics["train/loss"]) and torch.isfinite(fit.callback_metrics["val/next/psnr"])
@@ -216,7 +217,7 @@ class AtStart(Callback):
 
 def test_kill_and_resume_continues_step_optimizer_schedule_and_ema(data_dir, tmp_path):
     def module():
-        return WorldModelModule(model=tiny_config(), lr=1e-3, warmup_fraction=0.25, min_lr_ratio=0.1, eval_steps=1)
+        return WorldModelModule(model=tiny_config(), lr=1e-3, warmup_fraction=0.25, min_lr_ratio=0.1, eval_sampler={"steps": 1})
 
     with pytest.raises(Killed):
         trainer(tmp_path, 4, KillAt(3), last_checkpoint(tmp_path)).fit(module(), datamodule=datamodule(data_dir))
@@ -256,7 +257,7 @@ def test_lr_schedule_warms_up_then_decays():
 def overlay(tmp_path: Path, data_dir: Path) -> Path:
     """configs/tiny.yaml shrunk to seconds: 16x16 frames, a one-block DiT, checkpoints every step."""
     small = {
-        "model": {"init_args": {"model": tiny_config().to_dict(), "codec_weights": None, "eval_steps": 1}},
+        "model": {"init_args": {"model": tiny_config().to_dict(), "codec_weights": None, "eval_sampler": {"steps": 1}}},
         "data": {"data_dir": str(data_dir), **DATA},
         "trainer": {
             "default_root_dir": str(tmp_path / "run"), "max_steps": 2, "val_check_interval": 2,
@@ -291,7 +292,7 @@ def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
     # Guidance tuned after training goes into the export's config; the weights are the same.
     cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "tuned"), "--s-text", "1.5", "--steps", "6")
     tuned = DeepVerse.from_pretrained(tmp_path / "tuned")
-    assert (tuned.flow.config.s_text, tuned.flow.config.steps) == (1.5, 6) and same(tuned, exported)
+    assert (tuned.sampler.s_text, tuned.sampler.steps) == (1.5, 6) and same(tuned, exported)
     with pytest.raises(SystemExit):
         cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--steps", "0")
     assert not (tmp_path / "bad").exists()
@@ -371,7 +372,8 @@ def test_configs_resolve_and_override_only_what_differs(capsys, monkeypatch):
         (dict(warmup_fraction=1.0), r"warmup_fraction must be in \[0, 1\)"),
         (dict(ema_decay=1.0), r"ema_decay must be in \(0, 1\) or null"),
         (dict(betas=(0.9,)), "betas must be two values"),
-        (dict(eval_steps=0), "eval_steps must be >= 1"),
+        (dict(eval_sampler={"steps": 0}), "steps must be a positive integer, got 0"),
+        (dict(eval_sampler={"flavour": 1}), r"\['flavour'\] are not sampler settings"),
         (dict(model={"dit": "huge"}), "unknown preset 'huge'"),
         (dict(model={"colour": 3}), r"unknown DeepVerseConfig field\(s\) \['colour'\]"),
     ],
@@ -391,8 +393,14 @@ def test_data_that_does_not_fit_the_model_is_refused(data_dir):
     ]
     for changes, message in checks:
         with pytest.raises(ValueError, match=message):
-            module.check_data(datamodule(data_dir, **changes).hparams)
-    CodecModule(model=tiny_config()).check_data(datamodule(data_dir, chunks=1, memory=False).hparams)
+            module.check_data(datamodule(data_dir, **changes).recording)
+    CodecModule(model=tiny_config()).check_data(datamodule(data_dir, chunks=1, memory=False).recording)
+
+
+def test_missing_episodes_without_a_recorder_are_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"train lacks some of its 2 episodes and no recorder is set"):
+        datamodule(tmp_path / "empty").prepare_data()
+    assert not list(tmp_path.glob("empty/*/episode_*"))
 
 
 def test_cli_reports_bad_values(capsys, monkeypatch):
@@ -400,5 +408,5 @@ def test_cli_reports_bad_values(capsys, monkeypatch):
     with pytest.raises(ValueError, match="lr must be > 0, got -1.0"):
         cli(monkeypatch, "fit", "--config", tiny, "--model.init_args.lr", "-1")
     with pytest.raises(SystemExit):
-        cli(monkeypatch, "fit", "--config", tiny, "--model.init_args.eval_steps", "two")
-    assert "eval_steps" in capsys.readouterr().err
+        cli(monkeypatch, "fit", "--config", tiny, "--model.init_args.latent_stat_clips", "two")
+    assert "latent_stat_clips" in capsys.readouterr().err

@@ -14,6 +14,7 @@ the achieved FLOP/s by fp32 and bf16 matmul peaks timed in the same run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -21,10 +22,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from world_model.flow import FlowConfig, FlowMatching
+from world_model.flow import FlowMatching, SamplerConfig
+from world_model.mmdit import Condition
 from world_model.presets import build
 from world_model.text import SENTENCES
-from world_model.text_encoder import TextEncoderConfig, VocabTextEncoder
+from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
 
 TARGET_FPS = {1: 25.0, 16: 200.0}  # generated frames/s on 2 CPU cores at 64x64 (the tiny preset)
 
@@ -66,7 +68,7 @@ def bench_model(
     chunks: int = 2,
     frames_per_chunk: int = 4,
     repeats: int = 3,
-    flow: FlowConfig | None = None,
+    sampler: SamplerConfig | None = None,
     seed: int = 0,
     **overrides,
 ) -> dict:
@@ -77,12 +79,12 @@ def bench_model(
         chunks: chunks rolled out per timed run; frames = B x chunks x frames_per_chunk.
         frames_per_chunk: video frames per latent frame (the codec's temporal compression).
         repeats: timed runs per measurement (best and median reported).
-        flow: sampler settings (default ``FlowConfig()``: 10 steps, s_T 3.5, s_S 6.0).
+        sampler: sampler settings (default ``SamplerConfig()``: 10 steps, s_T 3.5, s_S 6.0).
     """
     torch.manual_seed(seed)
     model = build(preset, **overrides).eval()
     c = model.config
-    flow = FlowMatching(flow)
+    flow, sampler = FlowMatching(), sampler or SamplerConfig()
     text_encoder = VocabTextEncoder(TextEncoderConfig(dim=c.text_dim)).eval()
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     result = {
@@ -93,8 +95,7 @@ def bench_model(
         "latent": [c.latent_channels, *c.latent_size],
         "history_frames": c.history_frames,
         "sampler": {
-            "steps": flow.config.steps, "s_text": flow.config.s_text, "s_spatial": flow.config.s_spatial,
-            "guidance_branches": 3, "shift": flow.config.shift,
+            **dataclasses.asdict(sampler), "guidance_branches": 3,
         },
         "frames_per_chunk": frames_per_chunk,
         "codec_decode": "excluded",
@@ -114,21 +115,24 @@ def bench_model(
             def rollout(use_cache: bool):
                 history = history0
                 for _ in range(chunks):
-                    text = text_encoder.encode(sentences)
-                    x = flow.sample(model, history, 0.0, text, null, spatial, generator=g, use_cache=use_cache)
+                    cond = Condition(text_encoder.encode(sentences), null, history, 0.0, spatial)
+                    z = torch.randn(B, 1, *shape, generator=g)
+                    x = flow.sample(model, z, cond, sampler, generator=g, use_cache=use_cache)
                     history = torch.cat([history[:, 1:], x], dim=1)
 
             # One flow step: all three guidance branches of the batch in one denoise call.
             text = text_encoder.encode(sentences).expand(B)
-            texts = [torch.cat([t] * 3) for t in (text.tokens, text.mask, text.pooled)]
             spatial_mask = torch.cat([torch.zeros(2 * B, dtype=torch.bool), torch.ones(B, dtype=torch.bool)])
-            ctx_args = (history0.repeat(3, 1, 1, 1, 1), 0.0, *texts, spatial.repeat(3, 1, 1, 1, 1), spatial_mask)
-            ctx = model.encode_context(*ctx_args)
+            branches = Condition(
+                TextEmbedding.cat([text] * 3), null, history0.repeat(3, 1, 1, 1, 1), 0.0,
+                spatial.repeat(3, 1, 1, 1, 1), spatial_mask,
+            )
+            ctx = model.encode_context(branches)
             x = torch.randn(3 * B, 1, *shape, generator=g)
 
             step_flops = count_flops(lambda: model.denoise(x, 0.5, ctx))
-            context_flops = count_flops(lambda: model.encode_context(*ctx_args))
-            chunk_flops = context_flops + flow.config.steps * step_flops
+            context_flops = count_flops(lambda: model.encode_context(branches))
+            chunk_flops = context_flops + sampler.steps * step_flops
             step_s = _timings(lambda: model.denoise(x, 0.5, ctx), repeats * 4)
             cached = _timings(lambda: rollout(True), repeats)
             uncached = _timings(lambda: rollout(False), repeats)

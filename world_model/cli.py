@@ -18,8 +18,10 @@ and CSV and TensorBoard logs in ``csv/`` and ``tensorboard/``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+import typing
 from datetime import timedelta
 
 import lightning as L
@@ -28,6 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.trainer.states import TrainerFn
 
 from world_model.datamodule import DeepVerseDataModule
+from world_model.flow import SamplerConfig
 from world_model.lit_module import TrainingModule, export_pretrained
 
 EXPORT_HELP = (
@@ -102,7 +105,7 @@ class DeepVerseCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "trainer.logger", compute_fn=_loggers)
 
     def after_instantiate_classes(self) -> None:
-        self.model.check_data(self.datamodule.hparams)  # before prepare_data records a mismatched dataset
+        self.model.check_data(self.datamodule.recording)  # before prepare_data records a mismatched dataset
 
 
 def export_main(argv: list[str]) -> None:
@@ -110,17 +113,17 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of CodecModule or WorldModelModule")
     parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA")
-    sampler = parser.add_argument_group(
+    group = parser.add_argument_group(
         "sampling defaults stored with the export (default: the run's; tune them on validation with "
-        "`deepverse-train validate --model.init_args.eval_s_text ...`)"
+        "`deepverse-train validate --model.init_args.eval_sampler '{s_text: X}'`)"
     )
-    sampler.add_argument("--steps", type=int, help="flow steps per chunk")
-    sampler.add_argument("--s-text", type=float, dest="s_text", help="text guidance scale (1 = no guidance)")
-    sampler.add_argument("--s-spatial", type=float, dest="s_spatial", help="memory-frame guidance scale")
+    types = typing.get_type_hints(SamplerConfig)
+    for f in dataclasses.fields(SamplerConfig):  # one flag per sampler setting: --steps, --s-text, ...
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=types[f.name], help=f.metadata.get("help"))
     args = parser.parse_args(argv)
-    chosen = {k: v for k, v in vars(args).items() if k in ("steps", "s_text", "s_spatial") and v is not None}
+    sampler = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)}
     try:
-        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=chosen))
+        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=sampler))
     except ValueError as e:
         parser.error(str(e))
 

@@ -2,13 +2,16 @@
 
 Splits are separate seed ranges, so validation and test scenes are never seen in training:
 ``train`` uses world seeds ``seed + i``, ``val`` ``seed + 1_000_000 + i``, ``test`` ``seed + 2_000_000 + i``.
-Each split lives in ``data_dir/<split>``; ``prepare_data`` records whatever episodes are missing there
-(with a progress bar), so an empty directory becomes a dataset on first use and an interrupted
-collection resumes.
+Each split lives in ``data_dir/<split>``; ``prepare_data`` has the ``recorder`` record whatever episodes
+are missing there, so an empty directory becomes a dataset on first use and an interrupted collection
+resumes. The recorder is handed in (``configs/tiny.yaml`` names the simulator's): the model package does not
+depend on the environments.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -34,6 +37,9 @@ class DeepVerseDataModule(L.LightningDataModule):
         max_chunk_rotation_deg, min_motion: the M14 clip filters.
         batch_size, num_workers: DataLoader settings.
         collect_envs: simulator worlds stepped at once while collecting.
+        recorder: records missing episodes, called as ``recorder(dir, episodes=, steps=, seed=,
+            frames_per_step=, height=, width=, fov_deg=, num_envs=)``, an import path in YAML (the simulator's
+            recorder in ``configs/tiny.yaml``); None = the episodes must already be on disk.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class DeepVerseDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         collect_envs: int = 16,
+        recorder: Callable[..., Any] | None = None,
     ):
         super().__init__()
         for name in ("train_episodes", "val_episodes", "test_episodes", "steps", "chunks", "batch_size"):
@@ -66,7 +73,8 @@ class DeepVerseDataModule(L.LightningDataModule):
             raise ValueError(f"chunks ({chunks}) cannot exceed the recorded steps per episode ({steps})")
         if not 1 <= future_chunks <= chunks:
             raise ValueError(f"future_chunks must be in 1..chunks ({chunks}), got {future_chunks!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["recorder"])
+        self.recorder = recorder
         self.root = Path(data_dir)
         self.clip_config = ClipConfig(
             chunks=chunks,
@@ -80,14 +88,27 @@ class DeepVerseDataModule(L.LightningDataModule):
     def _episodes(self, split: str) -> int:
         return self.hparams[f"{split}_episodes"]
 
-    def prepare_data(self) -> None:
-        from deepverse_env.collect import collect  # the simulator is only needed to record
+    @property
+    def recording(self):
+        """What the clips are (frame size, frames per step, chunks per clip, memory): the model checks it."""
+        return self.hparams
 
+    @property
+    def train_clips(self) -> EpisodeClips | None:
+        """The training clips once ``setup("fit")`` has run."""
+        return self.datasets.get("train")
+
+    def prepare_data(self) -> None:
         hp = self.hparams
         for split, offset in SPLIT_SEED_OFFSET.items():
             if all(episode_dir(self.root / split, i).exists() for i in range(self._episodes(split))):
                 continue  # recorded already: no empty progress bar
-            collect(
+            if self.recorder is None:
+                raise FileNotFoundError(
+                    f"{self.root / split} lacks some of its {self._episodes(split)} episodes and no recorder is set "
+                    "(set data.recorder: configs/tiny.yaml names the simulator's)"
+                )
+            self.recorder(
                 self.root / split,
                 episodes=self._episodes(split),
                 steps=hp.steps,

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from world_model import geometry as G
 from world_model.memory import psi
+from world_model.state import normalize_frames, normalize_window
 from world_model.text import SENTENCES
 
 FORMAT_VERSION = 1
@@ -171,51 +172,11 @@ def chunk_motion(pose: torch.Tensor, frames_per_step: int) -> tuple[torch.Tensor
     return rot.reshape(-1, frames_per_step).sum(-1), step.reshape(-1, frames_per_step).sum(-1)
 
 
-def normalize_window(frames: TensorDict, lam: float = G.DISPARITY_LAMBDA) -> TensorDict:
-    """The model's view of a window of raw frames (M1, M2).
-
-    Poses become relative to the window's first camera, depth and translations are divided by the
-    window scale (``geometry.window_scale``), and depth becomes square-root disparity (``encode_depth``).
-
-    Args:
-        frames: TensorDict with batch size (..., T): rgb uint8 (H, W, 3), depth (H, W, 1) metres,
-            pose (4, 4), intrinsics (3, 3).
-    Returns:
-        TensorDict with batch size (...): ``rgb`` (T, 3, H, W) in [-1, 1], ``depth`` (T, 1, H, W)
-        encoded, ``raymap`` (T, 6, H, W), ``pose`` (T, 4, 4) normalised, ``intrinsics`` (T, 3, 3),
-        ``scale`` () metres per normalised unit.
-    """
-    scale = G.window_scale(frames["depth"][..., 0, :, :, 0].float(), lam)  # (...,)
-    out = normalize_frames(frames, frames["pose"][..., 0, :, :], scale)
-    out["scale"] = scale
-    return out
-
-
-def normalize_frames(frames: TensorDict, ref_pose: torch.Tensor, scale: torch.Tensor) -> TensorDict:
-    """Raw frames (..., T) expressed in a window given by its first camera ``ref_pose`` (..., 4, 4) and
-    ``scale`` (...,): the entries of ``normalize_window`` without ``scale``."""
-    depth = frames["depth"][..., 0].float()  # (..., T, H, W)
-    H, W = depth.shape[-2:]
-    pose = G.relative_pose(ref_pose[..., None, :, :], frames["pose"])  # (..., T, 4, 4)
-    pose = G.scale_poses(pose, scale[..., None])
-    K = frames["intrinsics"].float()
-    return TensorDict(
-        {
-            "rgb": frames["rgb"].movedim(-1, -3).float() / 127.5 - 1.0,  # (..., T, 3, H, W)
-            "depth": G.encode_depth(depth, scale[..., None]).unsqueeze(-3),  # (..., T, 1, H, W)
-            "raymap": G.camera_to_raymap(K, pose, H, W),  # (..., T, 6, H, W)
-            "pose": pose,
-            "intrinsics": K,
-        },
-        batch_size=frames.batch_size[:-1],
-    )
-
-
 class EpisodeClips(Dataset):
     """Clips of ``ClipConfig.chunks`` env steps from recorded episodes, normalised per window.
 
     Each item is a TensorDict (no batch dims; ``torch.stack`` collates a batch, see ``collate``) with
-    the entries of ``normalize_window`` over T = 1 + chunks * frames_per_step frames, plus
+    the entries of ``state.normalize_window`` over T = 1 + chunks * frames_per_step frames, plus
     ``caption_ids`` (chunks,) into ``world_model.text.SENTENCES``. Clips start on chunk boundaries
     and pass the M14 filters of ``ClipConfig``.
 

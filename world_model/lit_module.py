@@ -17,6 +17,7 @@ translation error in metres. Noise is seeded per batch (``eval_seed``), so epoch
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from functools import partial
@@ -31,16 +32,15 @@ from tensordict import TensorDict
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from world_model import geometry as G
 from world_model import metrics as M
 from world_model.codec import Codec
-from world_model.datamodule import DeepVerseDataModule
 from world_model.episodes import EpisodeClips
-from world_model.flow import SAMPLER_FIELDS
+from world_model.flow import SamplerConfig
 from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
+from world_model.state import to_frames
 from world_model.text import SENTENCES
 
-Frames = dict[str, Tensor]  # rgb (B, T, H, W, 3) in [0, 1], depth (B, T, H, W, 1) metres, pose (B, T, 4, 4) metres
+Frames = TensorDict  # (B, T): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) metres, intrinsics (3, 3)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -83,17 +83,15 @@ def load_codec_weights(codec: Codec, path: str | Path) -> None:
     codec.load_state_dict({k: state[k] for k in own})
 
 
-def export_pretrained(
-    ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None
-) -> Path:
+def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None) -> Path:
     """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
 
     Args:
         ckpt_path: a Lightning checkpoint of ``CodecModule`` or ``WorldModelModule``.
         out_dir: the directory to write (``config.json`` + ``model.safetensors``), replaced if present.
         ema: export the EMA weights (the default, and what validation measured) or the raw ones.
-        sampler: sampling defaults to store with it (``DeepVerse.set_sampler``: steps, shift, s_text,
-            s_spatial), e.g. guidance scales tuned on validation after training; None keeps the run's.
+        sampler: changes to the run's sampling defaults to store with it (``SamplerConfig`` fields), e.g.
+            guidance scales tuned on validation after training; None keeps the run's.
     """
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
@@ -172,12 +170,13 @@ class TrainingModule(L.LightningModule, ABC):
     # ---- data contract --------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        data = self.trainer.datamodule
-        if isinstance(data, DeepVerseDataModule):
-            self.check_data(data.hparams)
+        recording = getattr(self.trainer.datamodule, "recording", None)
+        if recording is not None:
+            self.check_data(recording)
 
     def check_data(self, data) -> None:
-        """Raise ValueError if the recorded clips do not fit the model (``data`` = the data module's hparams)."""
+        """Raise ValueError if the recorded clips do not fit the model. ``data``: what the data module's
+        ``recording`` says of them (height, width, frames_per_step, chunks, memory)."""
         c = self.model.config
         if (data.height, data.width) != (c.height, c.width):
             raise ValueError(
@@ -251,40 +250,20 @@ class TrainingModule(L.LightningModule, ABC):
 
 
 def true_frames(batch: TensorDict) -> Frames:
-    """The clip's frames in metric units (the window's first camera as origin)."""
-    scale = batch["scale"][:, None]  # (B, 1)
-    return {
-        "rgb": (batch["rgb"].movedim(2, -1) + 1) / 2,  # (B, T, H, W, 3)
-        "depth": G.decode_depth(batch["depth"][:, :, 0], scale)[..., None],  # (B, T, H, W, 1)
-        "pose": G.unscale_poses(batch["pose"], scale),  # (B, T, 4, 4)
-        "intrinsics": batch["intrinsics"],
-    }
+    """The clip's frames (the window's first camera as origin)."""
+    return to_frames(batch["rgb"], batch["depth"], batch["pose"], batch["intrinsics"], batch["scale"])
 
 
 def decoded_frames(model: DeepVerse, latents: Tensor, scale: Tensor) -> Frames:
-    """Decode latents (B, T', C, h, w) of a window with scale (B,) into metric frames (depth only with depth)."""
+    """Decode latents (B, T', C, h, w) of a window with scale (B,) into frames (depth only with depth)."""
     out = model.codec.decode(latents)
-    frames = {
-        "rgb": ((out["rgb"].float().clamp(-1, 1) + 1) / 2).movedim(2, -1),  # (B, T, H, W, 3)
-        "pose": G.unscale_poses(out["c2w"], scale[:, None]),  # (B, T, 4, 4)
-        "intrinsics": out["K"],
-    }
-    if "depth" in out:
-        frames["depth"] = G.decode_depth(out["depth"][:, :, 0].float(), scale[:, None])[..., None]
-    return frames
+    return to_frames(out["rgb"], out.get("depth"), out["c2w"], out["K"], scale)
 
 
 def score(pred: Frames, truth: Frames, group: str, suffix: str = "") -> dict[str, Tensor]:
-    """Mean per-frame metrics of ``pred`` against ``truth`` (same frames), named ``group/metric[suffix]``.
-    Depth and camera metrics only where ``pred`` has depth and poses."""
-    out = {"psnr": M.psnr(pred["rgb"], truth["rgb"]), "ssim": M.ssim(pred["rgb"], truth["rgb"])}
-    if "depth" in pred:
-        out["depth_abs_rel"] = M.depth_abs_rel(pred["depth"], truth["depth"])
-        out["depth_delta1"] = M.depth_delta(pred["depth"], truth["depth"])
-    if "pose" in pred:
-        out["rot_err_deg"] = M.rotation_error_deg(pred["pose"], truth["pose"])
-        out["trans_err_m"] = M.translation_error(pred["pose"], truth["pose"])
-    return {f"{group}/{name}{suffix}": value.mean() for name, value in out.items()}
+    """Mean per-frame metrics (``metrics.frame_metrics``) of ``pred`` against ``truth`` (same frames), named
+    ``group/metric[suffix]``."""
+    return {f"{group}/{name}{suffix}": value.mean() for name, value in M.frame_metrics(pred, truth).items()}
 
 
 def baselines(truth: Frames, last: int, frames: slice, group: str) -> dict[str, Tensor]:
@@ -380,9 +359,8 @@ class WorldModelModule(TrainingModule):
             whose Lightning checkpoint is gone, with a fresh optimiser and schedule.
         latent_stat_clips: training clips whose codec latents fix the per-channel latent statistics
             (``DeepVerse.fit_latent_statistics``) when a fit starts from a model without them.
-        eval_steps: flow steps per generated chunk in evaluation (fewer than the sampler default: cheap).
-        eval_s_text: text guidance scale in evaluation (None = the model's FlowConfig).
-        eval_s_spatial: memory guidance scale in evaluation (None = the model's FlowConfig).
+        eval_sampler: changes to the model's sampler in evaluation (``SamplerConfig`` fields, e.g.
+            ``{steps: 4}`` for cheap validation or guidance scales to try); None = the model's own.
         **kwargs: the arguments of ``TrainingModule`` (model, lr, weight_decay, ..., ema_decay, eval_seed).
     """
 
@@ -393,13 +371,10 @@ class WorldModelModule(TrainingModule):
         codec_weights: str | None = None,
         init_weights: str | None = None,
         latent_stat_clips: int = 256,
-        eval_steps: int = 4,
-        eval_s_text: float | None = None,
-        eval_s_spatial: float | None = None,
+        eval_sampler: dict | None = None,
         **kwargs,
     ):
-        if eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1, got {eval_steps!r}")
+        SamplerConfig().merged(eval_sampler)  # ValueError naming an unknown field or a bad value
         if latent_stat_clips < 1:
             raise ValueError(f"latent_stat_clips must be >= 1, got {latent_stat_clips!r}")
         if init_weights is not None and not Path(init_weights).exists():
@@ -417,8 +392,7 @@ class WorldModelModule(TrainingModule):
                     f"init_weights {self.hparams.init_weights} was saved with another config than model: "
                     f"{{field: (saved, model)}} = {differ}"
                 )
-            # Sampler settings are the export's unless model names its own.
-            model.set_sampler(**{k: v for k, v in config.flow_overrides.items() if k in SAMPLER_FIELDS})
+            model.set_sampler(**config.sampler)  # sampler settings are the export's unless model names its own
             return model.train()
         model = DeepVerse(config)
         path = self.hparams.codec_weights
@@ -434,10 +408,10 @@ class WorldModelModule(TrainingModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        data = self.trainer.datamodule
+        clips = getattr(self.trainer.datamodule, "train_clips", None)
         fresh = self.hparams.init_weights is None and not self.model.latent_statistics_fitted  # an export keeps its own
-        if stage == "fit" and fresh and isinstance(data, DeepVerseDataModule):
-            self.fit_latent_statistics(data.datasets["train"])
+        if stage == "fit" and fresh and clips is not None:
+            self.fit_latent_statistics(clips)
 
     @torch.no_grad()
     def fit_latent_statistics(self, clips, count: int | None = None, batch: int = 16) -> None:
@@ -483,7 +457,7 @@ class WorldModelModule(TrainingModule):
         hp = self.hparams
         return model.next_latent(
             history, [SENTENCES[i] for i in clips.captions[:, chunk - 1].tolist()], clips.spatial,
-            clips.spatial_mask, steps=hp.eval_steps, s_text=hp.eval_s_text, s_spatial=hp.eval_s_spatial,
+            clips.spatial_mask, sampler=hp.eval_sampler,
         )
 
     @torch.no_grad()

@@ -1,8 +1,8 @@
-"""Geometric memory ψ: a pose-indexed pool of past keyframe latents, batched over worlds (DESIGN M11, M13).
+"""Geometric memory ψ: a pose-indexed pool of past keyframes, batched over worlds (DESIGN M11, M13).
 
-The long rollout stores keyframe states in the global frame (the first frame's camera frame, metres)
-once they leave the context window, and retrieves one of them as the spatial condition of each new
-chunk. ψ, as in the paper and its release: among the stored entries take the ``k`` nearest camera
+The long rollout stores keyframes (the RGB-D pixels of a chunk's last frame and its camera, in the global
+frame: the first frame's camera frame) once they leave the context window, and retrieves one of them as
+the spatial condition of each new chunk; the rollout normalises it into the current window and encodes it. ψ, as in the paper and its release: among the stored entries take the ``k`` nearest camera
 *positions* (Euclidean), then among those the one whose optical axis makes the smallest angle with the
 query camera's.
 
@@ -49,26 +49,27 @@ def psi(query: Tensor, keys: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Ten
 
 
 class MemoryPool:
-    """Keyframe latents and their camera poses for B independent worlds.
+    """Keyframes (any per-pixel payload, the rollout's: RGB 0-255 + depth in metres) and their camera poses
+    for B independent worlds.
 
     Bound: each world holds at most ``capacity`` entries, and at most one per (cubic position cell of
     side ``cell_size``, heading bin of the optical axis about the global vertical): an entry falling in
     an occupied (cell, bin) replaces it, the fresher view winning; a new (cell, bin) at capacity evicts
     the least recently written entry. Storage is allocated once, B * capacity entries of
-    ``latent_shape``, and never grows, however long the episode.
+    ``frame_shape``, and never grows, however long the episode.
 
     Args:
         config: ``MemoryConfig``.
         batch_size: B, the number of worlds.
-        latent_shape: (C, h, w) of one keyframe latent.
-        device, dtype: of the stored latents (poses are always float32).
+        frame_shape: (C, H, W) of one keyframe (the rollout's: 4 channels, RGB-D, at full resolution).
+        device, dtype: of the stored keyframes (poses are always float32).
     """
 
     def __init__(
         self,
         config: MemoryConfig,
         batch_size: int,
-        latent_shape: tuple[int, int, int],
+        frame_shape: tuple[int, int, int],
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
@@ -81,7 +82,7 @@ class MemoryPool:
         self.config = config
         self.state = TensorDict(
             {
-                "latent": torch.zeros(B, N, *latent_shape, dtype=dtype),  # (B, N, C, h, w)
+                "frame": torch.zeros(B, N, *frame_shape, dtype=dtype),  # (B, N, C, H, W)
                 "c2w": torch.zeros(B, N, 4, 4),  # global frame
                 "cell": torch.zeros(B, N, 3, dtype=torch.long),  # integer position cell
                 "heading": torch.zeros(B, N, dtype=torch.long),  # heading bin
@@ -100,11 +101,11 @@ class MemoryPool:
         """(B,) number of stored entries per world."""
         return self.state["valid"].sum(dim=1)
 
-    def add(self, latent: Tensor, c2w: Tensor, mask: Tensor | None = None) -> None:
+    def add(self, frame: Tensor, c2w: Tensor, mask: Tensor | None = None) -> None:
         """Store one keyframe per world (where ``mask``).
 
         Args:
-            latent: (B, C, h, w) keyframe latent.  c2w: (B, 4, 4) its pose in the global frame.
+            frame: (B, C, H, W) keyframe.  c2w: (B, 4, 4) its pose in the global frame.
             mask: (B,) bool, the worlds that store; all when None.
         """
         st = self.state
@@ -122,7 +123,7 @@ class MemoryPool:
         worlds = torch.arange(self.batch_size, device=slot.device)
         if mask is not None:
             worlds, slot = worlds[mask], slot[mask]
-        st["latent"][worlds, slot] = latent[worlds].to(st["latent"].dtype)
+        st["frame"][worlds, slot] = frame[worlds].to(st["frame"].dtype)
         st["c2w"][worlds, slot] = c2w[worlds].float()
         st["cell"][worlds, slot] = cell[worlds]
         st["heading"][worlds, slot] = heading[worlds]
@@ -135,17 +136,17 @@ class MemoryPool:
         Args:
             c2w: (B, 4, 4) query poses in the global frame.
         Returns:
-            latent: (B, C, h, w);  c2w: (B, 4, 4) its pose;  found: (B,) bool, False (and zeros) where
+            frame: (B, C, H, W);  c2w: (B, 4, 4) its pose;  found: (B,) bool, False (and zeros) where
             the world's pool is empty.
         """
         st = self.state
         best, found = psi(c2w.float(), st["c2w"], st["valid"], self.config.k)  # (B,), (B,)
         worlds = torch.arange(self.batch_size, device=best.device)
-        latent = st["latent"][worlds, best]  # (B, C, h, w)
+        frame = st["frame"][worlds, best]  # (B, C, H, W)
         pose = st["c2w"][worlds, best]  # (B, 4, 4)
-        latent = torch.where(found.view(-1, *[1] * (latent.dim() - 1)), latent, torch.zeros_like(latent))
+        frame = torch.where(found.view(-1, *[1] * (frame.dim() - 1)), frame, torch.zeros_like(frame))
         pose = torch.where(found[:, None, None], pose, torch.zeros_like(pose))
-        return latent, pose, found
+        return frame, pose, found
 
     def reset(self, mask: Tensor | None = None) -> None:
         """Empty the worlds where ``mask`` (B,) bool (all when None), e.g. on autoreset."""

@@ -61,23 +61,23 @@ def translation_error(pred_c2w: Tensor, target_c2w: Tensor) -> Tensor:
     return (pred_c2w[..., :3, 3] - target_c2w[..., :3, 3]).norm(dim=-1)
 
 
-def frame_metrics(pred: dict, target: dict) -> dict[str, Tensor]:
-    """All per-frame metrics of predicted vs true frames.
+def frame_metrics(pred, target) -> dict[str, Tensor]:
+    """All per-frame metrics of predicted vs true frames: image always, depth and camera where ``pred`` has them.
 
     Args:
-        pred, target: dicts with ``rgb`` (..., H, W, 3), ``depth`` (..., H, W, 1) metres and ``pose``
-            (..., 4, 4), in one frame of reference.
+        pred, target: frames (dicts or TensorDicts) with ``rgb`` (..., H, W, 3) uint8 or in [0, 1], and
+            optionally ``depth`` (..., H, W, 1) metres and ``pose`` (..., 4, 4), in one frame of reference.
     Returns:
-        psnr, ssim, depth_abs_rel, depth_delta1, rot_err_deg, trans_err, each (...,).
+        psnr, ssim[, depth_abs_rel, depth_delta1][, rot_err_deg, trans_err_m], each (...,).
     """
-    return {
-        "psnr": psnr(pred["rgb"], target["rgb"]),
-        "ssim": ssim(pred["rgb"], target["rgb"]),
-        "depth_abs_rel": depth_abs_rel(pred["depth"], target["depth"]),
-        "depth_delta1": depth_delta(pred["depth"], target["depth"]),
-        "rot_err_deg": rotation_error_deg(pred["pose"], target["pose"]),
-        "trans_err": translation_error(pred["pose"], target["pose"]),
-    }
+    out = {"psnr": psnr(pred["rgb"], target["rgb"]), "ssim": ssim(pred["rgb"], target["rgb"])}
+    if "depth" in pred.keys():
+        out["depth_abs_rel"] = depth_abs_rel(pred["depth"], target["depth"])
+        out["depth_delta1"] = depth_delta(pred["depth"], target["depth"])
+    if "pose" in pred.keys():
+        out["rot_err_deg"] = rotation_error_deg(pred["pose"], target["pose"])
+        out["trans_err_m"] = translation_error(pred["pose"], target["pose"])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,12 +39,15 @@ tokens, P patches per frame, G modulation groups.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from world_model.text_encoder import TextEmbedding
 
 HISTORY_MODES = ("token", "channel")
 TEXT, SPATIAL, HISTORY, NOISY = range(4)  # rows of the type embedding
@@ -89,6 +92,69 @@ class MMDiTConfig:
             raise ValueError(f"history_frames {self.history_frames} must be in [0, max_frames={self.max_frames})")
         if self.history_mode == "channel" and self.history_frames < 1:
             raise ValueError("history_mode 'channel' needs history_frames >= 1")
+
+
+@dataclass
+class Condition:
+    """What a chunk is generated from: the clean context of the MM-DiT, built by the world model and
+    handed whole to ``encode_context`` (and through the flow, which only drops its parts for guidance).
+
+    ``null_text`` is the learned empty text that stands in for ``text`` where text is dropped.
+    """
+
+    text: TextEmbedding  # (B) the action sentences
+    null_text: TextEmbedding  # (1 or B) the learned empty text
+    history: Tensor | None = None  # (B, Th, C, h, w) recent latent frames, or None / Th = 0 for none
+    history_t: Tensor | float = 0.0  # their noise-augmentation level, scalar or (B,) in [0, 1]; 0 = clean
+    spatial: Tensor | None = None  # (B, S, C, h, w) retrieved memory frame(s), or None
+    spatial_mask: Tensor | None = None  # (B,) bool, False = no memory frame for that sample; None = all present
+
+    @property
+    def batch_size(self) -> int:
+        return self.text.tokens.shape[0]
+
+    @property
+    def has_history(self) -> bool:
+        return self.history is not None and self.history.shape[1] > 0
+
+    @property
+    def has_spatial(self) -> bool:
+        """Whether any sample has a memory frame."""
+        return self.spatial is not None and (self.spatial_mask is None or bool(self.spatial_mask.any()))
+
+    def drop(self, keep_text: Tensor, keep_spatial: Tensor | None) -> Condition:
+        """Per sample (B,) bool: the text replaced by the null text where ``keep_text`` is False, the memory
+        frame masked out where ``keep_spatial`` is False; ``keep_spatial=None`` removes the memory frames."""
+        if keep_spatial is None:
+            spatial = mask = None
+        else:
+            spatial = self.spatial
+            mask = keep_spatial if self.spatial_mask is None else keep_spatial & self.spatial_mask.bool()
+        if spatial is None:
+            mask = None
+        return dataclasses.replace(
+            self, text=self.text.where(keep_text, self.null_text), spatial=spatial, spatial_mask=mask
+        )
+
+    @staticmethod
+    def cat(conditions: list[Condition]) -> Condition:
+        """Concatenate along the batch (the guidance branches of one call); all have history or none,
+        memory frames or none, and their ``history_t`` is (B,) or they share one scalar."""
+        first = conditions[0]
+
+        def joined(name: str):
+            parts = [getattr(c, name) for c in conditions]
+            return None if parts[0] is None else torch.cat(parts)
+
+        levels = [torch.as_tensor(c.history_t) for c in conditions]
+        if any(t.ndim for t in levels) or len({float(t) for t in levels}) > 1:
+            history_t = torch.cat([t.expand(c.batch_size) for t, c in zip(levels, conditions)])  # (sum B,)
+        else:
+            history_t = first.history_t
+        return Condition(
+            TextEmbedding.cat([c.text for c in conditions]), first.null_text, joined("history"), history_t,
+            joined("spatial"), joined("spatial_mask"),
+        )
 
 
 @dataclass
@@ -401,29 +467,18 @@ class MMDiT(nn.Module):
 
     # -- the two halves ----------------------------------------------------------------------------
 
-    def encode_context(
-        self,
-        history: Tensor | None,
-        history_t: Tensor | float | None,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        text_pooled: Tensor,
-        spatial: Tensor | None = None,
-        spatial_mask: Tensor | None = None,
-    ) -> Context:
+    def encode_context(self, cond: Condition) -> Context:
         """Run the clean context through every block once; keep each block's K/V.
 
         Args:
-            history: (B, Th, C, h, w) recent latent frames (noise-augmented), or None / Th = 0 for none
-                ("channel" mode needs exactly ``history_frames``).
-            history_t: their noise level, scalar or (B,), in [0, 1] (0 = clean); ignored without history.
-            text_tokens: (B, L, text_dim); text_mask: (B, L) bool, True = real token; text_pooled: (B, text_dim).
-            spatial: (B, S, C, h, w) retrieved memory frame(s), or None.
-            spatial_mask: (B,) bool, False = this sample has no memory frame (its tokens are removed from
-                attention entirely); None = all present.
+            cond: text (B), history (B, Th, C, h, w) noise-augmented to ``history_t`` (or none; "channel"
+                mode needs exactly ``history_frames``), memory frames (B, S, C, h, w) or none, and
+                ``spatial_mask`` (B,): False = that sample's memory tokens are removed from attention.
         Returns:
             the ``Context`` that ``denoise`` attends to.
         """
+        (text_tokens, text_mask, text_pooled), history, history_t = cond.text, cond.history, cond.history_t
+        spatial, spatial_mask = cond.spatial, cond.spatial_mask
         c = self.config
         B = text_tokens.shape[0]
         text_ok = text_tokens.ndim == 3 and text_tokens.shape[2] == c.text_dim and text_mask.shape == text_tokens.shape[:2]
@@ -452,7 +507,7 @@ class MMDiT(nn.Module):
             if present.shape != (B,):
                 raise ValueError(f"spatial_mask has shape {tuple(present.shape)}; expected ({B},)")
             key_mask.append(present[:, None].expand(B, S * self.patches))
-        cond = y
+        noisy_cond = y  # (B, D) what the noisy tokens' modulation adds to their time embedding
         history_tokens = None
         if Th:
             level = self._level("history_t", history_t, B, history)
@@ -465,7 +520,7 @@ class MMDiT(nn.Module):
             else:
                 frames = history.flatten(1, 2)[:, None]  # (B, 1, Th * C, h, w): history as channels
                 history_tokens = self.history_embed(patchify(frames, c.patch_size))  # (B, P, D)
-                cond = y + self.history_t_embed(level)
+                noisy_cond = y + self.history_t_embed(level)
         xv = torch.cat(video, dim=1) if video else None  # (B, Nv, D)
         cv = torch.cat(conds, dim=1) if video else None  # (B, G, D), G = frames, P tokens each
         rope = self._rope(times)
@@ -482,7 +537,7 @@ class MMDiT(nn.Module):
             ks.append(k)
             vs.append(v)
         Nc = key_mask.shape[1]
-        return Context(ks, vs, Nc, None if attn_mask is None else key_mask, cond, Th, history_tokens)
+        return Context(ks, vs, Nc, None if attn_mask is None else key_mask, noisy_cond, Th, history_tokens)
 
     def denoise(self, x_noisy: Tensor, t: Tensor | float, ctx: Context, known: Tensor | None = None) -> Tensor:
         """Velocity of the noisy frames given an encoded context.
@@ -519,19 +574,6 @@ class MMDiT(nn.Module):
         out = self.final(x, cond)  # (B, T * P, C * p * p)
         return unpatchify(out, T, c.latent_channels, *c.latent_size, c.patch_size)  # (B, T, C, h, w)
 
-    def forward(
-        self,
-        x_noisy: Tensor,
-        t: Tensor | float,
-        history: Tensor | None,
-        history_t: Tensor | float | None,
-        text_tokens: Tensor,
-        text_mask: Tensor,
-        text_pooled: Tensor,
-        spatial: Tensor | None = None,
-        spatial_mask: Tensor | None = None,
-        known: Tensor | None = None,
-    ) -> Tensor:
-        """``denoise(x_noisy, t, encode_context(...), known)``: (B, k, C, h, w) velocity (see both)."""
-        ctx = self.encode_context(history, history_t, text_tokens, text_mask, text_pooled, spatial, spatial_mask)
-        return self.denoise(x_noisy, t, ctx, known)
+    def forward(self, x_noisy: Tensor, t: Tensor | float, cond: Condition, known: Tensor | None = None) -> Tensor:
+        """``denoise(x_noisy, t, encode_context(cond), known)``: (B, k, C, h, w) velocity (see both)."""
+        return self.denoise(x_noisy, t, self.encode_context(cond), known)

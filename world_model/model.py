@@ -2,7 +2,7 @@
 
     model = DeepVerse(DeepVerseConfig())               # tiny: 64x64 frames, 4 frames per chunk
     loss, logs = model.loss(batch)                      # a batch of EpisodeClips (world-model stage)
-    latent = model.next_latent(history, sentences)      # one chunk, two-condition guidance
+    latent = model.next_latent(history, sentences)      # one chunk, two-condition guidance (model.sampler)
     model.save_pretrained("ckpt/"); DeepVerse.from_pretrained("ckpt/")
 
 Training has two stages (DESIGN M4, M8): the codec first (``codec_loss``), then the world model with
@@ -30,9 +30,8 @@ from torch import Tensor, nn
 
 from world_model import geometry as G
 from world_model.codec import CODEC_PRESETS, Codec, build_codec
-from world_model.episodes import ClipConfig
-from world_model.flow import SAMPLER_FIELDS, FlowConfig, FlowMatching
-from world_model.mmdit import MMDiT
+from world_model.flow import FlowConfig, FlowMatching, SamplerConfig
+from world_model.mmdit import Condition, MMDiT
 from world_model.presets import config as dit_config
 from world_model.text import SENTENCES
 from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
@@ -49,7 +48,8 @@ class DeepVerseConfig:
     dit: str = "tiny"  # world_model.presets name
     dit_overrides: dict = field(default_factory=dict)  # e.g. {"history_mode": "channel"} (Model 1)
     text_overrides: dict = field(default_factory=dict)  # TextEncoderConfig fields (dim follows the DiT)
-    flow_overrides: dict = field(default_factory=dict)  # FlowConfig fields (sampler steps, guidance, dropout)
+    flow_overrides: dict = field(default_factory=dict)  # FlowConfig fields (training times, dropout)
+    sampler: dict = field(default_factory=dict)  # SamplerConfig fields set for this model (steps, guidance): not weights
     height: int = 64  # frame size the codec sees
     width: int = 64
     use_memory: bool = True  # condition on a ψ-retrieved memory frame (off = the no-memory ablation)
@@ -64,6 +64,12 @@ class DeepVerseConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.completion_prob <= 1.0:
             raise ValueError(f"completion_prob must be in [0, 1], got {self.completion_prob!r}")
+        if isinstance(self.sampler, SamplerConfig):
+            self.sampler = dataclasses.asdict(self.sampler)
+        SamplerConfig().merged(self.sampler)  # ValueError naming an unknown field or a bad value
+        moved = sorted({f.name for f in dataclasses.fields(SamplerConfig)} & set(self.flow_overrides))
+        if moved:
+            raise ValueError(f"{moved} in flow_overrides are sampler settings: give them as sampler: {{...}}")
         for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig)):
             known = {f.name for f in dataclasses.fields(cls)}
             for key in getattr(self, name):
@@ -74,18 +80,25 @@ class DeepVerseConfig:
         return dataclasses.asdict(self)
 
     def weights_dict(self) -> dict:
-        """``to_dict`` without the sampler's settings (``flow.SAMPLER_FIELDS``): two configs that agree
-        here describe the same weights and training, whatever steps and guidance they sample with."""
+        """``to_dict`` without ``sampler``: two configs that agree here describe the same weights and
+        training, whatever they sample with."""
         out = self.to_dict()
-        out["flow_overrides"] = {k: v for k, v in self.flow_overrides.items() if k not in SAMPLER_FIELDS}
+        del out["sampler"]
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> DeepVerseConfig:
+        """The config of ``to_dict`` (or of an export from before ``sampler`` existed, whose sampler settings
+        sat in ``flow_overrides``)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown DeepVerseConfig field(s) {unknown}; expected some of {sorted(known)}")
+        data = dict(data)
+        flow = dict(data.get("flow_overrides", {}))
+        legacy = {f.name: flow.pop(f.name) for f in dataclasses.fields(SamplerConfig) if f.name in flow}
+        if legacy:
+            data["flow_overrides"], data["sampler"] = flow, {**legacy, **data.get("sampler", {})}
         return cls(**data)
 
 
@@ -112,15 +125,16 @@ class DeepVerse(nn.Module):
         self.register_buffer("latent_shift", torch.zeros(C))  # (C,)
         self.register_buffer("latent_scale", torch.ones(C))  # (C,)
 
+    @property
+    def sampler(self) -> SamplerConfig:
+        """The sampling defaults: ``SamplerConfig``'s with ``config.sampler`` applied."""
+        return SamplerConfig().merged(self.config.sampler)
+
     def set_sampler(self, **fields) -> None:
-        """Change the sampling defaults of a trained model: flow ``steps``, ``shift``, guidance ``s_text``
-        and ``s_spatial`` (``flow.SAMPLER_FIELDS``). Weights are untouched; ``save_pretrained`` keeps them."""
-        unknown = sorted(set(fields) - set(SAMPLER_FIELDS))
-        if unknown:
-            raise ValueError(f"{unknown} are not sampler settings; expected some of {list(SAMPLER_FIELDS)}")
-        overrides = {**self.config.flow_overrides, **fields}
-        self.flow = FlowMatching(FlowConfig(**overrides))  # validates the values
-        self.config = dataclasses.replace(self.config, flow_overrides=overrides)
+        """Change the sampling defaults of a trained model (``SamplerConfig`` fields: flow ``steps``, ``shift``,
+        guidance ``s_text`` and ``s_spatial``). Weights are untouched; ``save_pretrained`` keeps them."""
+        changes = {k: v for k, v in fields.items() if v is not None}
+        self.config = dataclasses.replace(self.config, sampler={**self.config.sampler, **changes})
 
     # ---- sizes ---------------------------------------------------------------------------------
 
@@ -145,10 +159,6 @@ class DeepVerse(nn.Module):
             return latents.new_zeros(latents.shape[0], m, *latents.shape[2:])
         pad = latents[:, :1].expand(-1, max(0, m - latents.shape[1]), -1, -1, -1)
         return torch.cat([pad, latents[:, -m:]], dim=1)
-
-    def clip_config(self, **overrides) -> ClipConfig:
-        """The training clips this model needs: m chunks, so h = 1..m history frames each have a target."""
-        return ClipConfig(chunks=self.history_frames, memory=self.config.use_memory, future_chunks=1, **overrides)
 
     # ---- encoding ------------------------------------------------------------------------------
 
@@ -211,22 +221,48 @@ class DeepVerse(nn.Module):
         if draw[0] < self.config.completion_prob:
             known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=latents.device)
             known[:, :, self.codec.rgb_slice] = True
-            out = self.flow.loss(
-                self.dit, latents[:, :1], self.history(latents[:, :0]), null, null, known=known, generator=generator
-            )
+            cond = Condition(null, null, self.history(latents[:, :0]))
+            out = self.flow.loss(self.dit, latents[:, :1], cond, known=known, generator=generator)
             return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(0.0), "completion": torch.tensor(1.0)}
         h = 1 + int(draw[1] * min(Tp - 1, self.history_frames))  # history length 1..m
-        history = self.history(latents[:, :h])  # (B, <=m, C, h, w); exactly m in channel mode
-        text = self.text([SENTENCES[i] for i in batch["caption_ids"][:, h - 1].tolist()])
+        sentences = [SENTENCES[i] for i in batch["caption_ids"][:, h - 1].tolist()]
         spatial = mask = None
         if self.config.use_memory and "memory" in batch.keys():
             with torch.no_grad():
-                spatial = self.standardize(self.encode(batch["memory"]))  # (B, 1, C, h, w)
+                spatial = self.encode(batch["memory"])  # (B, 1, C, h, w)
             mask = batch["has_memory"].bool()
-        out = self.flow.loss(self.dit, latents[:, h : h + 1], history, text, null, spatial, mask, generator=generator)
+        cond = self.condition(latents[:, :h], sentences, spatial, mask, standardized=True)
+        out = self.flow.loss(self.dit, latents[:, h : h + 1], cond, generator=generator)
         return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(float(h)), "completion": torch.tensor(0.0)}
 
     # ---- generation ----------------------------------------------------------------------------
+
+    def condition(
+        self, latents: Tensor, sentences: list[str], spatial: Tensor | None = None,
+        spatial_mask: Tensor | None = None, *, standardized: bool = False,
+    ) -> Condition:
+        """The MM-DiT's condition for the next chunk of each world.
+
+        Args:
+            latents: (B, n, C, h, w) the current window (``history`` keeps the last m).
+            sentences: B action sentences.
+            spatial: (B, 1, C, h, w) codec latent of the memory frame in this window, or None (also when the
+                model has no memory); spatial_mask: (B,) bool, found.
+            standardized: ``latents`` are already in the MM-DiT's space (``spatial`` is always a codec latent).
+        """
+        if len(sentences) != latents.shape[0]:
+            raise ValueError(f"got {len(sentences)} sentences for a batch of {latents.shape[0]} worlds")
+        history = self.history(latents if standardized else self.standardize(latents))
+        use_memory = self.config.use_memory and spatial is not None
+        return Condition(
+            self.text(sentences), self.text_encoder.null(len(sentences)), history, 0.0,
+            self.standardize(spatial) if use_memory else None, spatial_mask if use_memory else None,
+        )
+
+    def _noise(self, batch: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """(batch, 1, C, h, w) standard normal noise of one latent frame: the flow's starting point."""
+        C, (h, w) = self.codec.latent_channels, self.dit.config.latent_size
+        return torch.randn(batch, 1, C, h, w, generator=generator, device=like.device, dtype=like.dtype)
 
     @torch.no_grad()
     def next_latent(
@@ -236,9 +272,7 @@ class DeepVerse(nn.Module):
         spatial: Tensor | None = None,
         spatial_mask: Tensor | None = None,
         *,
-        steps: int | None = None,
-        s_text: float | None = None,
-        s_spatial: float | None = None,
+        sampler: SamplerConfig | dict | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """The next latent frame (one chunk) of each world.
@@ -247,28 +281,24 @@ class DeepVerse(nn.Module):
             history: (B, Th, C, h, w) latents of the current window (the last m are used).
             sentences: B action sentences.
             spatial: (B, 1, C, h, w) memory frame in this window, or None; spatial_mask: (B,) found.
+            sampler: changes to the model's ``sampler`` for this call.
         Returns:
             (B, 1, C, h, w).
         """
-        if len(sentences) != history.shape[0]:
-            raise ValueError(f"got {len(sentences)} sentences for a batch of {history.shape[0]} worlds")
-        text = self.text(sentences)
-        use_memory = self.config.use_memory and spatial is not None
-        sample = self.flow.sample(
-            self.dit, self.history(self.standardize(history)), 0.0, text, self.text_encoder.null(len(sentences)),
-            self.standardize(spatial) if use_memory else None, spatial_mask if use_memory else None,
-            frames=1, steps=steps, s_text=s_text, s_spatial=s_spatial, generator=generator,
-        )
-        return self.unstandardize(sample)
+        cond = self.condition(history, sentences, spatial, spatial_mask)
+        z = self._noise(len(sentences), cond.text.pooled, generator)
+        return self.unstandardize(self.flow.sample(self.dit, z, cond, self.sampler.merged(sampler), generator=generator))
 
     @torch.no_grad()
     def complete_first_frame(
-        self, rgb: Tensor, *, steps: int | None = None, generator: torch.Generator | None = None
+        self, rgb: Tensor, *, sampler: SamplerConfig | dict | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """First-frame completion (M9): the latent of a single RGB frame with its depth and camera generated.
+        """First-frame completion (M9): the latent of a single RGB frame with its depth and camera generated,
+        with the null text and no guidance.
 
         Args:
             rgb: (B, 3, H, W) in [-1, 1].
+            sampler: changes to the model's ``sampler`` (its guidance scales are not used).
         Returns:
             (B, 1, C, h, w): the given RGB latent, generated depth latent and raymap (window frame 0).
         """
@@ -280,11 +310,11 @@ class DeepVerse(nn.Module):
         known = torch.zeros(B, 1, self.codec.latent_channels, dtype=torch.bool, device=rgb.device)
         known[:, :, self.codec.rgb_slice] = True  # the rgb part of ``given`` is real
         null = self.text_encoder.null(B)
+        cond = Condition(null, null, self.history(given[:, :0]))
+        unguided = dataclasses.replace(self.sampler.merged(sampler), s_text=1.0)
+        z = self._noise(B, null.pooled, generator)
         return self.unstandardize(
-            self.flow.sample(
-                self.dit, self.history(given[:, :0]), 0.0, null, null, frames=1, steps=steps, s_text=1.0,
-                known=known, known_values=given, generator=generator,
-            )
+            self.flow.sample(self.dit, z, cond, unguided, known=known, known_values=given, generator=generator)
         )
 
     # ---- checkpoints ---------------------------------------------------------------------------

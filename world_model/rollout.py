@@ -23,7 +23,6 @@ Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) 
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -32,11 +31,11 @@ from torch import Tensor
 
 from world_model import geometry as G
 from world_model.codec import DecoderStream
-from world_model.episodes import normalize_frames
+from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
+from world_model.state import normalize_frames, to_frames
 
-FRAME_KEYS = ("rgb", "depth", "pose", "intrinsics")
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -44,9 +43,7 @@ AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float1
 class RolloutConfig:
     cache_max: int = 6  # CacheMaxSize: latent frames in a window before it slides
     keep: int | None = None  # latent frames kept as the next window's context; None = min(m, cache_max - 1)
-    steps: int | None = None  # flow steps per chunk (None = the model's FlowConfig)
-    s_text: float | None = None  # text guidance (None = FlowConfig)
-    s_spatial: float | None = None  # memory guidance (None = FlowConfig)
+    sampler: SamplerConfig | dict | None = None  # changes to the model's sampler (None: the model's own)
     use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
@@ -86,8 +83,7 @@ class Rollout:
             raise ValueError(f"max_rescale must be > 1, got {c.max_rescale!r}")
         if not 0.0 <= c.scale_quantile < 0.5:
             raise ValueError(f"scale_quantile must be in [0, 0.5), got {c.scale_quantile!r}")
-        sampler = {k: getattr(c, k) for k in ("steps", "s_text", "s_spatial") if getattr(c, k) is not None}
-        dataclasses.replace(model.flow.config, **sampler)  # FlowConfig validates them
+        model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
         self.B = int(batch_size)
         self.generator = generator
         self.tf = model.codec.temporal_factor
@@ -202,7 +198,7 @@ class Rollout:
             scale = torch.full((n,), float(self.config.completion_scale), device=self.device)
             with self._net():
                 latent = self.model.complete_first_frame(
-                    rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, steps=self.config.steps,
+                    rgb.to(self.device).movedim(-1, 1).float() / 127.5 - 1.0, sampler=self.config.sampler,
                     generator=self.generator,
                 ).float()
                 stream = DecoderStream()
@@ -260,14 +256,14 @@ class Rollout:
                 new = self.model.next_latent(
                     self.latents[idx, :n], [sentences[i] for i in idx.tolist()],
                     None if spatial is None else spatial[idx], None if found is None else found[idx],
-                    steps=self.config.steps, s_text=self.config.s_text, s_spatial=self.config.s_spatial,
-                    generator=self.generator,
+                    sampler=self.config.sampler, generator=self.generator,
                 ).float()  # (b, 1, C, h, w)
                 stream = self.stream.select(idx)
                 decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
             K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1 : n], new], dim=1))
-            decoded["K"], decoded["c2w"] = K[:, 1:], c2w[:, 1:]  # the chunk's frames, after the last keyframe
-            new_frames = self._to_metric(decoded, idx)  # (b, tf)
+            new_frames = to_frames(
+                decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
+            )  # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame
             chunk[idx] = new_frames
             self.stream.update(idx, stream)
             T = 1 + (n - 1) * self.tf
@@ -279,27 +275,19 @@ class Rollout:
         if not (self.config.use_memory and self.model.config.use_memory):
             return None, None
         last = self.frames["pose"][torch.arange(self.B), self._frame_count() - 1]  # (B, 4, 4) current camera
-        payload, c2w, found = self.memory.retrieve(G.scale_poses(last, 1 / self.unit))
+        keyframe, c2w, found = self.memory.retrieve(G.scale_poses(last, 1 / self.unit))  # (B, 4, H, W) RGB-D
         if not bool(found.any()):
             return None, None
         K = self.frames["intrinsics"][:, 0]
         frame = TensorDict(
-            {"rgb": payload[:, :3].movedim(1, -1).round().clamp(0, 255).to(torch.uint8),
-             "depth": payload[:, 3:].movedim(1, -1).clamp_min(1e-6),
+            {"rgb": keyframe[:, :3].movedim(1, -1).round().clamp(0, 255).to(torch.uint8),
+             "depth": keyframe[:, 3:].movedim(1, -1).clamp_min(1e-6),
              "pose": G.unscale_poses(c2w, self.unit), "intrinsics": K},
             [self.B],
         )
         states = normalize_frames(frame[:, None], self.anchor, self.scale)
         with self._net():
             return self.model.encode(states).float(), found
-
-    def _to_metric(self, decoded: dict, idx: Tensor) -> TensorDict:
-        """Decoded window (b, T) -> frames in metres and the episode frame."""
-        scale = self.scale[idx]
-        depth = G.decode_depth(decoded["depth"][:, :, 0], scale[:, None])[..., None]  # (b, T, H, W, 1)
-        pose = self.anchor[idx, None] @ G.unscale_poses(decoded["c2w"], scale[:, None])  # (b, T, 4, 4)
-        rgb = ((decoded["rgb"].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(2, -1)
-        return TensorDict({"rgb": rgb, "depth": depth, "pose": pose, "intrinsics": decoded["K"]}, list(rgb.shape[:2]))
 
     def _frame_count(self) -> Tensor:
         return 1 + (self.length - 1) * self.tf  # (B,)
@@ -316,13 +304,13 @@ class Rollout:
         drop = n + 1 - self.keep
         mask = torch.zeros(self.B, dtype=torch.bool, device=self.device)  # the pool is batched over all B
         mask[idx] = True
-        payload = torch.zeros(self.B, 4, self.H, self.W, device=self.device)  # rows outside idx are ignored
+        keyframe = torch.zeros(self.B, 4, self.H, self.W, device=self.device)  # RGB-D; rows outside idx are ignored
         pose = torch.eye(4, device=self.device).repeat(self.B, 1, 1)
         for j in range(drop):
             key = frames[:, j * self.tf]  # (b,) keyframe of latent j
-            payload[idx] = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
+            keyframe[idx] = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
             pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
-            self.memory.add(payload, pose, mask)
+            self.memory.add(keyframe, pose, mask)
         kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
         anchor = kept["pose"][:, 0]
         # The new scale comes from the predicted depth of the new first frame. Its nearest pixel is no

@@ -1,22 +1,19 @@
 """``DeepVerseSim-v0``: the ground-truth world as a Gymnasium env (DESIGN §3, §4)."""
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium import spaces
 
 from deepverse_env.actions import ActionSet, get_action_set
-from deepverse_env.render import colorize_depth, draw_topdown, side_by_side, upscale
+from deepverse_env.render import draw_topdown, panel
 from deepverse_env.sim import agent
 from deepverse_env.sim.raycast import SceneBatch, render
 from deepverse_env.sim.world import WALL, Scene, SceneConfig
+from deepverse_env.spaces import action_space, check_action, observation_space
 from world_model.geometry import default_intrinsics
-
-DEPTH_RANGE = (0.0, 12.0)  # metres spanned by the depth colour map of render()
 
 
 def check_arguments(action_set, frames_per_step, height, width, fov_deg, render_mode, render_modes) -> ActionSet:
@@ -32,29 +29,6 @@ def check_arguments(action_set, frames_per_step, height, width, fov_deg, render_
     return actions
 
 
-def check_action(action, n: int) -> int:
-    """The index of a valid action, else a ValueError naming the value and the valid range."""
-    try:
-        i = operator.index(action)
-    except TypeError:
-        raise ValueError(f"action {action!r} is not an integer; expected an integer in [0, {n - 1}]") from None
-    if not 0 <= i < n:
-        raise ValueError(f"action {action!r} is out of range; expected an integer in [0, {n - 1}]")
-    return i
-
-
-def observation_space(height: int, width: int) -> spaces.Dict:
-    """The observation dict shared by DeepVerseSim-v0 and DeepVerse-v0."""
-    return spaces.Dict(
-        {
-            "rgb": spaces.Box(0, 255, (height, width, 3), np.uint8),
-            "depth": spaces.Box(0.0, np.inf, (height, width, 1), np.float32),
-            "pose": spaces.Box(-np.inf, np.inf, (4, 4), np.float32),
-            "intrinsics": spaces.Box(0.0, np.inf, (3, 3), np.float32),
-        }
-    )
-
-
 def render_frame(scene: Scene, trajectory: np.ndarray, heading: float, rgb: np.ndarray, depth: np.ndarray) -> np.ndarray:
     """RGB | depth colour map | floor plan with the trajectory, upscaled to at least 256 pixels high.
 
@@ -64,7 +38,6 @@ def render_frame(scene: Scene, trajectory: np.ndarray, heading: float, rgb: np.n
     Returns:
         (H', W', 3) uint8.
     """
-    k = max(1, 256 // rgb.shape[0])
     (x0, _, z0), (x1, _, z1) = scene.bounds
     w = 0.15  # the enclosure, drawn as walls this thick around it
     outer = np.array([[x0 - w, z0 - w, x1 + w, z0], [x0 - w, z1, x1 + w, z1 + w], [x0 - w, z0, x0, z1], [x1, z0, x1 + w, z1]])
@@ -72,18 +45,20 @@ def render_frame(scene: Scene, trajectory: np.ndarray, heading: float, rgb: np.n
     mat = scene.box_material[solid]
     mean = scene.textures.reshape(len(scene.textures), -1, 3).mean(1)  # (NM, 3) mean colour of each material
     grey = np.full((1, 3), 60.0)
-    topdown = draw_topdown(
-        rgb.shape[0] * k,
-        (x0 - w, x1 + w, z0 - w, z1 + w),
-        rects=np.concatenate([outer, scene.boxes[solid][:, [0, 2, 3, 5]]]),
-        rect_colours=np.concatenate([grey.repeat(4, 0), np.where((mat == WALL)[:, None], grey, mean[mat])]),
-        circles=np.concatenate([scene.cylinders[:, [0, 1, 2]], scene.spheres[:, [0, 2, 3]]]),
-        circle_colours=mean[np.concatenate([scene.cylinder_material, scene.sphere_material])],
-        trajectory=trajectory,
-        heading=heading,
+    return panel(
+        rgb,
+        depth,
+        lambda size: draw_topdown(
+            size,
+            (x0 - w, x1 + w, z0 - w, z1 + w),
+            rects=np.concatenate([outer, scene.boxes[solid][:, [0, 2, 3, 5]]]),
+            rect_colours=np.concatenate([grey.repeat(4, 0), np.where((mat == WALL)[:, None], grey, mean[mat])]),
+            circles=np.concatenate([scene.cylinders[:, [0, 1, 2]], scene.spheres[:, [0, 2, 3]]]),
+            circle_colours=mean[np.concatenate([scene.cylinder_material, scene.sphere_material])],
+            trajectory=trajectory,
+            heading=heading,
+        ),
     )
-    depth_colours = colorize_depth(depth[..., 0], *DEPTH_RANGE)
-    return side_by_side(upscale(rgb, k), upscale(depth_colours, k), topdown)
 
 
 class DeepVerseSimEnv(gym.Env):
@@ -187,7 +162,7 @@ class DeepVerseSimEnv(gym.Env):
         self.render_mode = render_mode
         self.scene_config = scene_config or SceneConfig()
         self.K = default_intrinsics(self.height, self.width, float(fov_deg))  # (3, 3) torch float32
-        self.action_space = spaces.Discrete(len(self.actions))
+        self.action_space = action_space(self.actions)
         self.observation_space = observation_space(self.height, self.width)
         self.scene: Scene | None = None
         self._batch: SceneBatch | None = None

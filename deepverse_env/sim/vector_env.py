@@ -12,11 +12,20 @@ from gymnasium.vector.utils import batch_space
 
 from deepverse_env.actions import ActionSet
 from deepverse_env.sim import agent
-from deepverse_env.sim.env import check_action, check_arguments, observation_space, render_frame
+from deepverse_env.sim.env import check_arguments, render_frame
 from deepverse_env.sim.raycast import SceneBatch, render
 from deepverse_env.sim.world import Scene, SceneConfig
+from deepverse_env.spaces import action_space, check_action, observation_space
 from world_model.geometry import default_intrinsics
 
+
+def check_vector_arguments(num_envs, max_episode_steps) -> None:
+    """ValueError unless ``num_envs`` is a positive integer and ``max_episode_steps`` one or None."""
+    for name, value in (("num_envs", num_envs), ("max_episode_steps", max_episode_steps)):
+        if (value is not None or name == "num_envs") and (
+            isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
+        ):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def vector_seeds(seed: int | list[int | None] | None, num_envs: int) -> list[int | None] | None:
@@ -29,6 +38,7 @@ def vector_seeds(seed: int | list[int | None] | None, num_envs: int) -> list[int
     if isinstance(seed, (list, tuple, np.ndarray)) and len(seed) == num_envs:
         return [None if s is None else int(s) for s in seed]
     raise ValueError(f"seed must be None, an integer or a list of {num_envs} seeds, got {seed!r}")
+
 
 class DeepVerseSimVectorEnv(VectorEnv):
     """N independent ``DeepVerseSim-v0`` worlds with batched observations and infos.
@@ -64,18 +74,14 @@ class DeepVerseSimVectorEnv(VectorEnv):
         self.actions = check_arguments(
             action_set, frames_per_step, height, width, fov_deg, render_mode, self.metadata["render_modes"]
         )
-        for name, value in (("num_envs", num_envs), ("max_episode_steps", max_episode_steps)):
-            if (value is not None or name == "num_envs") and (
-                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_vector_arguments(num_envs, max_episode_steps)
         self.num_envs = int(num_envs)
         self.max_episode_steps = max_episode_steps
         self.frames_per_step, self.height, self.width = int(frames_per_step), int(height), int(width)
         self.render_mode = render_mode
         self.scene_config = scene_config or SceneConfig()
         self.K = default_intrinsics(self.height, self.width, float(fov_deg))
-        self.single_action_space = gym.spaces.Discrete(len(self.actions))
+        self.single_action_space = action_space(self.actions)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.single_observation_space = observation_space(self.height, self.width)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)

@@ -10,11 +10,11 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from deepverse_env.learned_env import LearnedWorld, Sentences, action_id, check_images, load_model, make_config
-from deepverse_env.sim.env import observation_space
-from deepverse_env.sim.vector_env import vector_seeds
+from deepverse_env.learned.world import LearnedWorld, load_model, make_config
+from deepverse_env.sim.vector_env import check_vector_arguments, vector_seeds
+from deepverse_env.spaces import action_id, action_space, check_images, observation_space
 from world_model.model import DeepVerse
-from world_model.rollout import FRAME_KEYS
+from world_model.state import FRAME_KEYS
 
 
 class DeepVerseVectorEnv(VectorEnv):
@@ -22,17 +22,17 @@ class DeepVerseVectorEnv(VectorEnv):
 
     All N worlds live in one ``LearnedWorld`` (one ``Rollout`` of batch N), so a step is one batched
     model call (worlds at different window lengths after an autoreset are grouped by the rollout).
-    With ``reset(seed=s)`` sub-env ``i`` starts from the simulator world of seed ``s + i``, exactly the
-    first observation of a single ``DeepVerseEnv`` reset with ``s + i`` (``seed`` may also be a list of N
-    seeds); the sampler noise of all N comes from one generator seeded from sub-env 0's seed, so a
-    vector of one world repeats the single env step for step, while in a larger batch each world draws
-    different noise than it would alone.
+    With ``reset(seed=s)`` sub-env ``i`` starts as a single ``DeepVerseEnv`` reset with ``s + i`` (with
+    the default starts: the simulator world of seed ``s + i``; ``seed`` may also be a list of N seeds);
+    the sampler noise of all N comes from one generator seeded from sub-env 0's seed, so a vector of one
+    world repeats the single env step for step, while in a larger batch each world draws different
+    noise than it would alone.
 
     Autoreset follows Gymnasium's ``AutoresetMode.NEXT_STEP``: the step after a sub-env terminates or
-    truncates restarts it from its simulator's next world, ignores its action and returns its first
-    observation with reward 0; its ``info["frames"]`` then holds that frame repeated and ``sentence`` is "".
-    Restarts take simulator frames; ``reset(options={"image": ...})`` starts every world from an image
-    ((H, W, 3) for all, or (N, H, W, 3)).
+    truncates restarts it from the next start of its loader (the default: its simulator's next world),
+    ignores its action and returns its first observation with reward 0; its ``info["frames"]`` then
+    holds that frame repeated and ``sentence`` is "". ``reset(options={"image": ...})`` starts every
+    world from an image ((H, W, 3) for all, or (N, H, W, 3)); restarts still come from the loader.
 
     Observations are the single env's dict batched along a first dim of N; ``info`` holds ``frames``
     (each key (N, F, ...)), ``sentence`` (N,) strings, ``scale`` (N,) and ``scene_seed`` (N,). Arguments
@@ -49,11 +49,7 @@ class DeepVerseVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         **config,
     ):
-        for name, value in (("num_envs", num_envs), ("max_episode_steps", max_episode_steps)):
-            if (value is not None or name == "num_envs") and (
-                isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_vector_arguments(num_envs, max_episode_steps)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.config = make_config(config)
@@ -63,8 +59,7 @@ class DeepVerseVectorEnv(VectorEnv):
         self.render_mode = render_mode
         self.actions = self.world.actions
         self.height, self.width, self.frames_per_step = self.world.H, self.world.W, self.world.F
-        text = self.config.text_actions
-        self.single_action_space = Sentences() if text else gym.spaces.Discrete(len(self.actions))
+        self.single_action_space = action_space(self.actions, self.config.text_actions)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.single_observation_space = observation_space(self.height, self.width)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -75,11 +70,7 @@ class DeepVerseVectorEnv(VectorEnv):
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         N = self.num_envs
         seeds = vector_seeds(seed, N)
-        options = dict(options or {})
-        image = options.pop("image", None)
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}; the only option is 'image'")
-        images = None if image is None else check_images(image, self.height, self.width, N)
+        images = check_images(options, self.height, self.width, N)
         if seeds is not None or self._rngs is None:
             self._rngs = [seeding.np_random(s)[0] for s in (seeds or [None] * N)]
             self.world.generator.manual_seed(int(self._rngs[0].integers(2**63)))

@@ -1,0 +1,95 @@
+"""Spaces and action checks shared by ``DeepVerseSim-v0`` and ``DeepVerse-v0``: one observation dict, one
+way to read an action, so an agent moves between the two envs without change."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from deepverse_env.actions import ActionSet
+from world_model.text import SENTENCES, sentence_index
+
+
+def observation_space(height: int, width: int) -> spaces.Dict:
+    """The observation dict of both envs: rgb (H, W, 3), depth (H, W, 1), pose (4, 4), intrinsics (3, 3)."""
+    return spaces.Dict(
+        {
+            "rgb": spaces.Box(0, 255, (height, width, 3), np.uint8),
+            "depth": spaces.Box(0.0, np.inf, (height, width, 1), np.float32),
+            "pose": spaces.Box(-np.inf, np.inf, (4, 4), np.float32),
+            "intrinsics": spaces.Box(0.0, np.inf, (3, 3), np.float32),
+        }
+    )
+
+
+def action_space(actions: ActionSet, text: bool = False) -> spaces.Space:
+    """The action space of both envs: ``Discrete`` over the action set, or in text mode ``Sentences``."""
+    return Sentences() if text else spaces.Discrete(len(actions))
+
+
+def check_action(action, n: int) -> int:
+    """The index of a valid action, else a ValueError naming the value and the valid range."""
+    try:
+        i = operator.index(action)
+    except TypeError:
+        raise ValueError(f"action {action!r} is not an integer; expected an integer in [0, {n - 1}]") from None
+    if not 0 <= i < n:
+        raise ValueError(f"action {action!r} is out of range; expected an integer in [0, {n - 1}]")
+    return i
+
+
+class Sentences(spaces.Text):
+    """The caption vocabulary as a ``Text`` space: it contains exactly the sentences of
+    ``world_model.text.SENTENCES``, and ``sample`` draws one of them."""
+
+    def __init__(self, seed: int | None = None):
+        super().__init__(
+            max_length=max(map(len, SENTENCES)), min_length=min(map(len, SENTENCES)),
+            charset=frozenset("".join(SENTENCES)), seed=seed,
+        )
+
+    def sample(self, mask=None, probability=None) -> str:
+        if mask is not None or probability is not None:
+            raise ValueError("Sentences.sample draws uniformly from the vocabulary; it takes no mask or probability")
+        return SENTENCES[int(self.np_random.integers(len(SENTENCES)))]
+
+    def contains(self, x: Any) -> bool:
+        return isinstance(x, str) and x in SENTENCES
+
+
+def action_id(action, actions: ActionSet, text: bool) -> int:
+    """The id of an action as the hooks see it: its index in the action set, or in text mode the
+    sentence's index in the vocabulary. ValueError for anything else."""
+    if not text:
+        return check_action(action, len(actions))
+    if not isinstance(action, str) or action not in SENTENCES:
+        raise ValueError(
+            f"action {action!r} is not a sentence of world_model.text.SENTENCES ({len(SENTENCES)} sentences, "
+            f"e.g. {SENTENCES[3]!r})"
+        )
+    return sentence_index(action)
+
+
+def check_images(options: dict[str, Any] | None, height: int, width: int, n: int = 1) -> np.ndarray | None:
+    """The start images of a learned env's ``reset(options=...)``: ``options["image"]`` as (n, H, W, 3) uint8
+    (one RGB image (H, W, 3) for every world, or (n, H, W, 3)), None without one. ValueError naming a bad
+    image or any other option."""
+    options = dict(options or {})
+    image = options.pop("image", None)
+    if options:
+        raise ValueError(f"unknown reset options {sorted(options)}; the only option is 'image'")
+    if image is None:
+        return None
+    a = np.asarray(image)
+    if a.shape == (height, width, 3):
+        a = np.broadcast_to(a, (n, height, width, 3))
+    if a.shape != (n, height, width, 3):
+        want = f"({height}, {width}, 3)" + (f" or ({n}, {height}, {width}, 3)" if n > 1 else "")
+        raise ValueError(f"options['image'] must be an RGB image of shape {want} (the model's size), got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+        raise ValueError("options['image'] has NaN or infinite values")
+    if a.dtype != np.uint8:
+        raise ValueError(f"options['image'] must have dtype uint8 (0..255), got {a.dtype}")
+    return np.array(a)  # a copy: the caller may reuse its array
