@@ -5,6 +5,7 @@
     deepverse bench model [--out FILE]   world-model FLOPs, ms per flow step, frames/s, cache speed-up, MFU
     deepverse bench env [--checkpoint DIR] [--out FILE]   DeepVerse-v0 steps/s, single and batched, vs the simulator
     deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
+    deepverse eval [--checkpoint DIR] [--seeds A:B] [--frames N] [--out DIR]   rollouts vs the simulator, per horizon
 
 Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func`` to the function that runs it; ``build_parser`` lists them.
@@ -207,7 +208,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     return demo(
         args.out, checkpoint=args.checkpoint, image=args.image, actions=args.actions, steps=args.steps,
-        seed=args.seed, action_set=args.action_set, progress=not args.no_progress,
+        seed=args.seed, action_set=args.action_set, render_cache=not args.no_render_cache, progress=not args.no_progress,
     )
 
 
@@ -227,8 +228,39 @@ def add_demo(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("demo"), help="output directory (default ./demo)")
     p.add_argument("--seed", type=int, default=0, help="simulator world and sampler seed (default 0)")
     p.add_argument("--action-set", default="basic", help="action set the names come from (default basic)")
+    p.add_argument("--no-render-cache", action="store_true", help="the paper's path: no 3D-cache refinement")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo, indent=1)
+
+
+def run_eval(args: argparse.Namespace) -> dict:
+    """Open-loop rollouts against the simulator; the summary is what ``main`` prints."""
+    from deepverse_env.evaluate import run_eval as evaluate
+
+    return evaluate(
+        args.out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
+        compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
+    )
+
+
+def add_eval(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score open-loop rollouts against the simulator on held-out worlds, beside copy-first and warp",
+        description="Roll the learned world and the simulator with the same seeded random actions from each world's "
+        "4D first frame and from its RGB alone; write per-frame PSNR, SSIM, sharpness, depth and camera errors beside "
+        "copy-first and warp-with-true-motion (metrics.json, report.md, one PNG plot per metric, frame strips), with the "
+        "grounded path (3D cache) beside the paper path when the model has a refiner, and an out-and-back revisit.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")
+    p.add_argument("--frames", type=int, default=60, help="horizon in frames, a multiple of the chunk (default 60)")
+    p.add_argument("--starts", nargs="+", default=["4d", "image"], help="4d and/or image (default both)")
+    p.add_argument("--no-paper-path", action="store_true", help="skip the paper path (no 3D cache) comparison")
+    p.add_argument("--seed", type=int, default=0, help="seed of the action scripts (default 0)")
+    p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval, indent=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_collect(subparsers)
     add_bench(subparsers)
     add_demo(subparsers)
+    add_eval(subparsers)
     return parser
 
 

@@ -84,6 +84,7 @@ def run_demo(
     seed: int = 0,
     action_set: str = "basic",
     fps: float = 4.0,
+    render_cache: bool = True,
     progress: bool = True,
 ) -> dict:
     """Run the demo into directory ``out``; returns the summary that ``deepverse demo`` prints.
@@ -94,11 +95,14 @@ def run_demo(
         actions: comma-separated action names of ``action_set`` (default: ``TOUR``), cycled to ``steps``.
         steps: env steps (default: the script's length).
         seed: the simulator world (and sampler noise) of the episode.
+        render_cache: refine frames with the 3D cache when the model has a refiner (False: the paper's path).
     """
     if steps is not None and (int(steps) != steps or steps < 1):
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     t0 = time.perf_counter()
-    env = DeepVerseEnv(checkpoint=load_model(checkpoint), render_mode="rgb_array", action_set=action_set)
+    env = DeepVerseEnv(
+        checkpoint=load_model(checkpoint), render_mode="rgb_array", action_set=action_set, render_cache=render_cache
+    )
     script = parse_actions(actions, env.actions) if actions else [env.actions.index(name) for name in TOUR]
     script = [script[i % len(script)] for i in range(steps or len(script))]
     start = None if image is None else load_image(image, env.height, env.width)

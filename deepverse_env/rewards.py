@@ -14,14 +14,21 @@ and clone it with the rest of the state, so imagined branches stay independent.
 
 Writing one: any callable with that signature works; subclass ``RewardHook`` to get a name and a
 ``weight`` for composition. Built-ins: ``GoalReward``, ``CollisionPenalty``, ``ExplorationReward``,
-``ActionCost``; ``GoalReached`` and ``Collided`` terminate. ``combine`` sums weighted hooks;
-``make_reward`` / ``make_termination`` build them from names (so configs and ``gym.make`` can).
+``ActionCost``, ``ImageGoalReward``; ``GoalReached`` and ``Collided`` terminate. ``combine`` sums weighted
+hooks; ``make_reward`` / ``make_termination`` build them from names (so configs and ``gym.make`` can).
+
+``Hooks`` is the one code path that scores: ``DeepVerseSim-v0``, ``DeepVerse-v0`` and both envs'
+``imagine`` build the transition, call the hooks and carry their state entries with it (``start_state``
+zeroes them when a world restarts), so a task means the same in the true world and in imagination.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tensordict import TensorDict
 from torch import Tensor
 
@@ -46,23 +53,47 @@ def _vec3(value, what: str) -> Tensor:
     return t
 
 
-def _positive(value, what: str) -> float:
-    if not isinstance(value, (int, float)) or not value > 0:
+def check_positive(value, what: str) -> float:
+    """``value`` as a float, or a ValueError naming it unless it is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
     return float(value)
 
 
+def _pose(value, what: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32)
+    if t.shape != (4, 4) or not torch.isfinite(t).all():
+        raise ValueError(f"{what} must be a finite 4x4 camera-to-world pose, got {value!r}")
+    return t
+
+
 class GoalReward(RewardHook):
     """Progress towards a goal point: the decrease in camera-to-goal distance (m) this step, plus
-    ``bonus`` once within ``radius``. Goal in the episode frame (the first camera's, metres)."""
+    ``bonus`` once within ``radius``.
+
+    Args:
+        goal: (x, y, z) metres in the goal's frame: the episode frame (the first camera's) unless
+            ``origin`` says otherwise.
+        planar: measure on the floor plan, the x/z plane of the goal's frame (camera height ignored).
+        origin: (4, 4) pose, in the goal's frame, of the frame the scored poses are in (default: the
+            same frame). A world re-synced to a later camera starts a new episode frame there: with
+            ``origin`` that camera's true pose, the goal keeps its place.
+    """
 
     name = "goal"
 
-    def __init__(self, goal=(0.0, 0.0, 3.0), radius: float = 0.5, bonus: float = 1.0):
-        self.goal, self.radius, self.bonus = _vec3(goal, "goal"), _positive(radius, "radius"), float(bonus)
+    def __init__(self, goal=(0.0, 0.0, 3.0), radius: float = 0.5, bonus: float = 1.0, planar: bool = False, origin=None):
+        self.goal, self.radius, self.bonus = _vec3(goal, "goal"), check_positive(radius, "radius"), float(bonus)
+        self.planar = bool(planar)
+        self.origin = torch.eye(4) if origin is None else _pose(origin, "origin")
+
+    def camera(self, pose: Tensor) -> Tensor:
+        """Camera poses (..., 4, 4) in the goal's frame."""
+        return self.origin.to(pose) @ pose
 
     def distance(self, pose: Tensor) -> Tensor:
-        return (pose[..., :3, 3] - self.goal.to(pose)).norm(dim=-1)
+        delta = self.camera(pose)[..., :3, 3] - self.goal.to(pose)  # (..., 3)
+        return (delta[..., ::2] if self.planar else delta).norm(dim=-1)
 
     def __call__(self, td: TensorDict) -> Tensor:
         before, after = self.distance(td["pose"]), self.distance(td["next", "pose"])
@@ -78,6 +109,41 @@ class GoalReached(GoalReward):
         return self.distance(td["next", "pose"]) < self.radius
 
 
+class ImageGoalReward(RewardHook):
+    """Progress towards a goal image: the increase in similarity of the frame to ``goal`` this step. The
+    similarity is minus the mean absolute difference, in [0, 1] units, of the two images average-pooled
+    to ``pool`` x ``pool`` cells (coarse, so it rewards getting the view roughly right long before the
+    pixels line up); 0 when they are equal.
+
+    Args:
+        goal: (H, W, 3) uint8, the size of the frames it scores.
+    """
+
+    name = "image_goal"
+
+    def __init__(self, goal, pool: int = 8):
+        image = torch.as_tensor(np.asarray(goal))
+        if image.dim() != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
+            raise ValueError(f"goal must be an (H, W, 3) uint8 image, got {image.dtype} {tuple(image.shape)}")
+        if int(pool) != pool or not 1 <= pool <= min(image.shape[:2]):
+            raise ValueError(f"pool must be an integer in [1, {min(image.shape[:2])}] (the image size), got {pool!r}")
+        self.goal, self.pool = image, int(pool)
+        self.target = self.pooled(image[None])  # (1, 3, pool, pool)
+
+    def pooled(self, rgb: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(rgb.movedim(-1, 1).float() / 255.0, self.pool)  # (B, 3, pool, pool)
+
+    def similarity(self, rgb: Tensor) -> Tensor:
+        if rgb.shape[1:] != self.goal.shape:
+            raise ValueError(
+                f"frames of shape {tuple(rgb.shape[1:])} cannot be compared with a goal image {tuple(self.goal.shape)}"
+            )
+        return -(self.pooled(rgb) - self.target.to(rgb.device)).abs().flatten(1).mean(-1)
+
+    def __call__(self, td: TensorDict) -> Tensor:
+        return self.similarity(td["next", "rgb"]) - self.similarity(td["rgb"])
+
+
 class CollisionPenalty(RewardHook):
     """``-penalty`` when the nearest seen surface in the central ``fraction`` of the image is closer
     than ``min_depth`` metres (walking into something)."""
@@ -85,7 +151,7 @@ class CollisionPenalty(RewardHook):
     name = "collision"
 
     def __init__(self, min_depth: float = 0.3, penalty: float = 1.0, fraction: float = 0.5):
-        self.min_depth, self.penalty = _positive(min_depth, "min_depth"), float(penalty)
+        self.min_depth, self.penalty = check_positive(min_depth, "min_depth"), float(penalty)
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         self.fraction = fraction
@@ -119,7 +185,7 @@ class ExplorationReward(RewardHook):
     key = "explored"
 
     def __init__(self, voxel: float = 0.5, grid: int = 32, per_voxel: float = 0.01, stride: int = 2):
-        self.voxel, self.per_voxel = _positive(voxel, "voxel"), float(per_voxel)
+        self.voxel, self.per_voxel = check_positive(voxel, "voxel"), float(per_voxel)
         if int(grid) != grid or grid < 1 or int(stride) != stride or stride < 1:
             raise ValueError(f"grid and stride must be positive integers, got grid={grid!r}, stride={stride!r}")
         self.grid, self.stride = int(grid), int(stride)
@@ -203,25 +269,30 @@ def combine(*hooks: Hook | tuple[Hook, float]) -> Combined:
 
 
 REWARDS: dict[str, type[RewardHook]] = {
-    h.name: h for h in (GoalReward, CollisionPenalty, ExplorationReward, ActionCost)
+    h.name: h for h in (GoalReward, CollisionPenalty, ExplorationReward, ActionCost, ImageGoalReward)
 }
 TERMINATIONS: dict[str, type[RewardHook]] = {h.name: h for h in (GoalReached, Collided)}
 
 
-def _build(spec, table: dict, what: str):
-    if callable(spec):
-        return spec
+def from_spec(spec, table: dict, what: str, built: str = "a callable"):
+    """``table[name](**arguments)`` from a spec: a name, or a dict with ``name`` and the arguments (a
+    ``weight`` is dropped). ValueError naming a malformed spec or an unknown name; ``built`` names what
+    the caller takes ready-made instead."""
     if isinstance(spec, str):
         name, kwargs = spec, {}
     elif isinstance(spec, dict) and "name" in spec:
         kwargs = dict(spec)
-        name = kwargs.pop("name")
         kwargs.pop("weight", None)
+        name = kwargs.pop("name")
     else:
-        raise ValueError(f"a {what} hook is a name, a dict with 'name', or a callable; got {spec!r}")
+        raise ValueError(f"a {what} is a name, a dict with 'name', or {built}; got {spec!r}")
     if name not in table:
-        raise ValueError(f"unknown {what} hook {name!r}; expected one of {sorted(table)} or a callable")
+        raise ValueError(f"unknown {what} {name!r}; expected one of {sorted(table)} or {built}")
     return table[name](**kwargs)
+
+
+def _build(spec, table: dict, what: str):
+    return spec if callable(spec) else from_spec(spec, table, f"{what} hook")
 
 
 def make_reward(spec) -> Hook | None:
@@ -241,3 +312,68 @@ def make_termination(spec) -> Hook | None:
     if isinstance(spec, (list, tuple)):
         return AnyOf([_build(s, TERMINATIONS, "termination") for s in spec])
     return _build(spec, TERMINATIONS, "termination")
+
+
+class Hooks:
+    """An env's reward and termination hooks and how they score a step: the one code path of
+    ``DeepVerseSim-v0``, ``DeepVerse-v0`` and their ``imagine``, so a task means the same in each.
+
+    Args:
+        reward: a ``make_reward`` spec (None: reward 0).  termination: a ``make_termination`` spec
+            (None: never terminates).
+    """
+
+    def __init__(self, reward=None, termination=None):
+        self.reward, self.termination = make_reward(reward), make_termination(termination)
+
+    def step(self, state: TensorDict, action, after: TensorDict) -> tuple[TensorDict, Tensor, Tensor]:
+        """Score B transitions.
+
+        Args:
+            state: (B,) the frames before (the observation keys) and the hooks' state entries.
+            action: (B,) action ids.
+            after: (B,) the frames after.
+        Returns:
+            the state after (``after`` with the hooks' updated entries), rewards (B,) float32 and
+            terminated (B,) bool.
+        """
+        B, device = state.batch_size[0], state.device
+        td = state.copy()
+        td["action"] = torch.as_tensor(action, dtype=torch.long, device=device)
+        td["next"] = after.copy()  # the hooks add their entries to the copy, not to the caller's frames
+        reward = self.reward(td).float() if self.reward is not None else torch.zeros(B, device=device)
+        done = (
+            self.termination(td).bool() if self.termination is not None
+            else torch.zeros(B, dtype=torch.bool, device=device)
+        )
+        return td["next"], reward, done
+
+    def rollout(self, state: TensorDict, actions: Tensor, frames: TensorDict) -> TensorDict:
+        """Score N imagined sequences of L steps, the hooks' entries carried along each from ``state``.
+
+        Args:
+            state: (N,) where each sequence starts.  actions: (N, L) ids.  frames: (N, L) the frames after each step.
+        Returns:
+            TensorDict (N, L): ``frames`` with ``action``, ``reward`` and ``terminated`` added.
+        """
+        rewards, dones = [], []
+        for t in range(actions.shape[1]):
+            state, reward, done = self.step(state, actions[:, t], frames[:, t])
+            rewards.append(reward)
+            dones.append(done)
+        out = frames.clone()
+        out["action"] = actions.to(frames.device)
+        out["reward"], out["terminated"] = torch.stack(rewards, 1), torch.stack(dones, 1)
+        return out
+
+
+def start_state(state: TensorDict | None, rows: Tensor, first: TensorDict) -> TensorDict:
+    """The state of B worlds after worlds ``rows`` (re)start from the frames ``first`` (len(rows),): their
+    frames replaced, their hook entries zeroed. A new TensorDict (``state`` is left as it is); ``state``
+    None: every world starts now (``first`` holds all B)."""
+    if state is None:
+        return first.clone()
+    state = state.clone()  # never write into frames a caller may hold
+    for key in list(state.keys()):
+        state[key][rows] = first[key] if key in first.keys() else 0
+    return state

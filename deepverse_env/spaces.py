@@ -72,6 +72,16 @@ def action_id(action, actions: ActionSet, text: bool) -> int:
     return sentence_index(action)
 
 
+def check_action_sequences(action_sequences, n: int) -> np.ndarray:
+    """The (N, L) integer action ids of a planner's ``imagine`` call, each in [0, n); ValueError otherwise."""
+    a = np.asarray(action_sequences)
+    if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"action_sequences must be a non-empty (N, L) integer array, got {a.dtype} {a.shape}")
+    if a.min() < 0 or a.max() >= n:
+        raise ValueError(f"action_sequences hold ids outside [0, {n - 1}]")
+    return a
+
+
 def check_images(options: dict[str, Any] | None, height: int, width: int, n: int = 1) -> np.ndarray | None:
     """The start images of a learned env's ``reset(options=...)``: ``options["image"]`` as (n, H, W, 3) uint8
     (one RGB image (H, W, 3) for every world, or (n, H, W, 3)), None without one. ValueError naming a bad

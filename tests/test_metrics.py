@@ -68,3 +68,14 @@ def test_warp_respects_occlusion():
     out, d, hit = M.warp_with_true_motion(rgb, depth, K, torch.eye(4)[None], target)
     assert hit[0, 0, 0, 2]
     assert torch.equal(out[0, 0, 0, 2], rgb[0, 0, 0]) and float(d[0, 0, 0, 2, 0]) == 1.0
+
+
+def test_sharpness_ratio_sees_blur_that_psnr_forgives():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 256, (2, 16, 16, 3), generator=g, dtype=torch.uint8)
+    gray = torch.full_like(truth, 128)
+    blur = torch.nn.functional.avg_pool2d(truth.float().permute(0, 3, 1, 2), 3, 1, 1).permute(0, 2, 3, 1).round().to(torch.uint8)
+    torch.testing.assert_close(M.sharpness_ratio(truth, truth), torch.ones(2))
+    assert (M.sharpness_ratio(gray, truth) == 0).all()
+    assert (M.sharpness_ratio(blur, truth) < 0.5).all() and (M.psnr(blur, truth) > M.psnr(gray, truth)).all()
+    assert set(M.frame_metrics({"rgb": truth}, {"rgb": truth})) == {"psnr", "ssim", "sharpness"}

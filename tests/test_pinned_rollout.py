@@ -1,4 +1,5 @@
-"""Same seed, same frames: a short episode of the shipped model, pinned in ``tests/data/pinned_rollout.npz``.
+"""Same seed, same frames: a short episode of the shipped model on the paper's path (``render_cache=False``:
+the weights before the 3D-cache refiner was added), pinned in ``tests/data/pinned_rollout.npz``.
 
 The pin was written before the structure change of issue 11 (sampler config, condition object, state
 module, learned-env split) and reproduced bit for bit after it, on the machine that wrote it. Another CPU
@@ -21,7 +22,7 @@ ACTIONS = [1, 5, 1, 6, 2]  # forward, turn left, forward, turn right, backward: 
 
 def episode() -> dict[str, np.ndarray]:
     """A simulator start (seed 3) for 5 steps, then an image start (its last frame) for 2, cache_max 3."""
-    env = gym.make("DeepVerse-v0", cache_max=3)
+    env = gym.make("DeepVerse-v0", cache_max=3, render_cache=False)
     obs, _ = env.reset(seed=3)
     frames = []
     for a in ACTIONS:

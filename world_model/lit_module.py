@@ -37,7 +37,8 @@ from world_model.codec import Codec
 from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
-from world_model.state import to_frames
+from world_model.refine import RenderNoise, cache_renders, refiner_inputs
+from world_model.state import to_frames, to_rgb8
 from world_model.text import SENTENCES
 
 Frames = TensorDict  # (B, T): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) metres, intrinsics (3, 3)
@@ -321,6 +322,118 @@ class CodecModule(TrainingModule):
     def predict_step(self, batch: TensorDict, batch_idx: int) -> Frames:
         """Reconstructions of the clips, metric frames (B, T, ...)."""
         return self.reconstruct(self.averaged, batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1b: the render-conditioned refiner (M18)
+# --------------------------------------------------------------------------------------------------
+
+
+class RefinerModule(TrainingModule):
+    """Trains ``DeepVerse.refiner`` over a frozen codec (and MM-DiT): decoded frames + renders of the 3D cache
+    -> sharp frames. Needs ``model.render_cache: true``.
+
+    Each batch picks one chunk k of the clips (frames 4k-3..4k with tf = 4). The decoded frames are the codec's
+    reconstruction of that chunk with noise added to its latent (a generated latent is worse than an encoded
+    one); the render is of the keyframes before it (frames 0, 4, ..., 4k - 4: what a rollout's cache holds),
+    made realistic with ``RenderNoise`` (camera, depth and colour errors), into the chunk's true cameras.
+    Loss: L1 of the colours plus ``grad_weight`` x L1 of their finite differences (keeps high frequencies).
+
+    Logs ``refine/*`` (the refined chunk) beside ``refine/*_decoded`` (the decoded chunk alone) and
+    ``refine/render_cover`` (share of pixels the render covers).
+
+    Args:
+        init_weights: the whole model to refine (a ``save_pretrained`` directory, e.g. the shipped
+            ``world_model/pretrained/tiny``); its config must equal ``model`` but for ``render_cache`` and
+            ``refiner_overrides``. None = untrained codec (tests).
+        latent_noise: the decoded chunk's latent gets noise ~ N(0, sigma^2) x its channel scale, sigma ~ U(0, this).
+        noise: ``RenderNoise`` of the cache renders.
+        grad_weight: weight of the gradient term.
+        **kwargs: the arguments of ``TrainingModule``.
+    """
+
+    trained = ("refiner",)
+
+    def __init__(
+        self,
+        init_weights: str | None = None,
+        latent_noise: float = 0.5,
+        noise: RenderNoise | None = None,
+        grad_weight: float = 1.0,
+        **kwargs,
+    ):
+        if init_weights is not None and not Path(init_weights).exists():
+            raise ValueError(f"init_weights {init_weights} does not exist")
+        if not latent_noise >= 0 or not grad_weight >= 0:
+            raise ValueError(f"latent_noise and grad_weight must be >= 0, got {latent_noise!r}, {grad_weight!r}")
+        super().__init__(**kwargs)
+        if self.model.refiner is None:
+            raise ValueError("RefinerModule trains the refiner: set model.render_cache: true")
+        self.noise = noise or RenderNoise()
+        self.hparams["noise"] = dataclasses.asdict(self.noise)  # plain JSON: checkpoints load with weights_only=True
+
+    def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        model = DeepVerse(config)
+        path = self.hparams.init_weights
+        if path is None:
+            return model
+        base = DeepVerse.from_pretrained(path)
+        ours = {k: v for k, v in config.weights_dict().items() if k not in ("render_cache", "refiner_overrides")}
+        theirs = {k: v for k, v in base.config.weights_dict().items() if k not in ("render_cache", "refiner_overrides")}
+        if ours != theirs:
+            differ = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
+            raise ValueError(f"init_weights {path} was saved with another config than model: {{field: (saved, model)}} = {differ}")
+        state = {k: v for k, v in base.state_dict().items() if not k.startswith("refiner.")}
+        missing, _ = model.load_state_dict(state, strict=False)
+        if any(not k.startswith("refiner.") for k in missing):
+            raise ValueError(f"init_weights {path} lacks {[k for k in missing if not k.startswith('refiner.')][:3]}")
+        model.set_sampler(**base.config.sampler)
+        return model
+
+    def refine_chunk(self, model: DeepVerse, batch: TensorDict, generator: torch.Generator | None = None):
+        """(refined rgb (N, 3, H, W) in [-1, 1], the decoded chunk and the true chunk as frames (N,), render cover)
+        for one chunk of every clip, N = B x tf."""
+        tf = model.frames_per_chunk
+        chunks = (batch["rgb"].shape[1] - 1) // tf
+        device = batch["rgb"].device
+        k = 1 + int(torch.randint(chunks, (1,), generator=generator, device="cpu"))
+        first, last = (k - 1) * tf, k * tf
+        truth = true_frames(batch)  # (B, T)
+        with torch.no_grad():
+            z = model.codec.encode(*(batch[key][:, first : last + 1] for key in ("rgb", "depth", "raymap")))  # (B, 2, ...)
+            B = z.shape[0]
+            sigma = self.hparams.latent_noise * torch.rand(B, 1, 1, 1, generator=generator, device="cpu").to(device)
+            z[:, 1] = z[:, 1] + sigma * model.latent_scale[:, None, None] * torch.randn(
+                z[:, 1].shape, generator=generator, device="cpu"
+            ).to(device)
+            decoded = model.codec.decode(z)
+            scale = batch["scale"]
+            base = to_frames(decoded["rgb"][:, 1:], decoded["depth"][:, 1:], decoded["c2w"][:, 1:], decoded["K"][:, 1:], scale)
+            targets = torch.arange(first + 1, last + 1)
+            render = cache_renders(truth, targets, torch.arange(0, first + 1, tf), scale, self.noise, generator)
+        scale_n = scale.repeat_interleave(tf)
+        inputs = refiner_inputs(
+            base["rgb"].flatten(0, 1), base["depth"][..., 0].flatten(0, 1), render.values, render.depth, render.mask, scale_n
+        )
+        target = truth[:, targets]
+        return model.refiner(inputs), base.flatten(0, 1), target.flatten(0, 1), render.mask.float().mean()
+
+    def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        pred, _, target, cover = self.refine_chunk(model, batch)
+        truth = target["rgb"].movedim(-1, 1).float() / 127.5 - 1.0  # (N, 3, H, W)
+        l1 = (pred - truth).abs().mean()
+        grad = sum((pred.diff(dim=d) - truth.diff(dim=d)).abs().mean() for d in (-1, -2))
+        loss = l1 + self.hparams.grad_weight * grad
+        return loss, {"loss": loss.detach(), "l1": l1.detach(), "grad": grad.detach(), "render_cover": cover}
+
+    def evaluate(self, model: DeepVerse, batch: TensorDict) -> dict[str, Tensor]:
+        with torch.no_grad():
+            pred, base, target, cover = self.refine_chunk(model, batch)
+        return {
+            **score({"rgb": to_rgb8(pred)}, target, "refine"),
+            **score({"rgb": base["rgb"]}, target, "refine", "_decoded"),
+            "refine/render_cover": cover,
+        }
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from world_model.codec import CODEC_PRESETS, Codec, build_codec
 from world_model.flow import FlowConfig, FlowMatching, SamplerConfig
 from world_model.mmdit import Condition, MMDiT
 from world_model.presets import config as dit_config
+from world_model.refine import Refiner, RefinerConfig
 from world_model.text import SENTENCES
 from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
 
@@ -53,6 +54,8 @@ class DeepVerseConfig:
     height: int = 64  # frame size the codec sees
     width: int = 64
     use_memory: bool = True  # condition on a ψ-retrieved memory frame (off = the no-memory ablation)
+    render_cache: bool = False  # M18: refine decoded frames with the 3D cache rendered into their cameras (off = paper)
+    refiner_overrides: dict = field(default_factory=dict)  # RefinerConfig fields
     completion_prob: float = 0.1  # share of training batches that are first-frame completion (M9)
 
     def __post_init__(self):
@@ -70,7 +73,7 @@ class DeepVerseConfig:
         moved = sorted({f.name for f in dataclasses.fields(SamplerConfig)} & set(self.flow_overrides))
         if moved:
             raise ValueError(f"{moved} in flow_overrides are sampler settings: give them as sampler: {{...}}")
-        for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig)):
+        for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig), ("refiner_overrides", RefinerConfig)):
             known = {f.name for f in dataclasses.fields(cls)}
             for key in getattr(self, name):
                 if key not in known:
@@ -119,6 +122,7 @@ class DeepVerse(nn.Module):
             raise ValueError(f"text dim {text_cfg.dim} must equal the DiT's text_dim {self.dit.config.text_dim}")
         self.text_encoder = VocabTextEncoder(text_cfg)
         self.flow = FlowMatching(FlowConfig(**config.flow_overrides))
+        self.refiner = Refiner(RefinerConfig(**config.refiner_overrides)) if config.render_cache else None
         # Per-channel latent statistics: the MM-DiT and the flow work on (z - shift) / scale, so every channel
         # (the small-range raymap ones included) is ~unit variance. Identity until fitted to the codec.
         C = self.codec.latent_channels

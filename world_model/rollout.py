@@ -30,11 +30,13 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from world_model import geometry as G
+from world_model.cache import CacheConfig, PointCache
 from world_model.codec import DecoderStream
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
-from world_model.state import normalize_frames, to_frames
+from world_model.refine import refiner_inputs
+from world_model.state import normalize_frames, to_frames, to_rgb8
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,6 +48,8 @@ class RolloutConfig:
     sampler: SamplerConfig | dict | None = None  # changes to the model's sampler (None: the model's own)
     use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    render_cache: bool = True  # refine decoded frames with the 3D cache (when the model has a refiner, M18)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
     dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
     max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
@@ -100,6 +104,8 @@ class Rollout:
         self.unit = torch.ones(self.B, device=self.device)  # (B,) the first window's scale: memory units
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
+        grounded = c.render_cache and model.refiner is not None
+        self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
 
     def _net(self):
         """Context for network calls: autocast to ``config.dtype`` (a no-op for float32)."""
@@ -131,7 +137,7 @@ class Rollout:
         state = self._state()
         frames = state.pop("frames")
         tensors = [*state.values(), *frames.values(), *self.memory.state.values(), *self.stream.cache.values()]
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return sum(t.numel() * t.element_size() for t in tensors) + (self.cache.nbytes() if self.cache is not None else 0)
 
     def clone(self) -> Rollout:
         """An independent copy of every world (planners branch from it); shares the model."""
@@ -147,6 +153,7 @@ class Rollout:
             setattr(out, name, value[index].clone())
         out.memory = self.memory.select(index)
         out.stream = self.stream.select(index)
+        out.cache = self.cache.select(index) if self.cache is not None else None
         return out
 
     def load(self, other: Rollout) -> None:
@@ -157,6 +164,8 @@ class Rollout:
             setattr(self, name, value.clone())
         self.memory.load_state(other.memory)
         self.stream = other.stream.select(torch.arange(other.B, device=self.device))
+        if self.cache is not None:
+            self.cache.load_state(other.cache)
 
     # ---- start ---------------------------------------------------------------------------------
 
@@ -221,6 +230,9 @@ class Rollout:
         self.anchor[idx], self.scale[idx], self.unit[idx] = eye, scale, scale
         self.memory.reset(mask)
         self.stream.update(idx, stream)
+        if self.cache is not None:
+            self.cache.reset(mask)
+            self.cache.add(first, idx)
         return first
 
     def _check_frame(self, name: str, x, shape: tuple, dtype) -> None:
@@ -264,11 +276,28 @@ class Rollout:
             new_frames = to_frames(
                 decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
             )  # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame
+            if self.cache is not None:
+                new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
             self.stream.update(idx, stream)
             T = 1 + (n - 1) * self.tf
             self._append(idx, n, new, torch.cat([self.frames[idx, :T], new_frames], dim=1))  # (b, T + tf)
+            if self.cache is not None:
+                self.cache.add(new_frames[:, -1], idx)  # the chunk's keyframe joins the 3D cache
         return chunk
+
+    def _refine(self, idx: Tensor, frames: TensorDict) -> Tensor:
+        """The refiner's colours (b, tf, H, W, 3) uint8 of decoded frames (b, tf), given the 3D cache rendered
+        into their predicted cameras."""
+        b, tf = frames.shape
+        render = self.cache.render(idx, frames["intrinsics"], frames["pose"])  # (b * tf, H, W)
+        inputs = refiner_inputs(
+            frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth,
+            render.mask, self.scale[idx].repeat_interleave(tf),
+        )
+        with self._net():
+            rgb = self.model.refiner(inputs).float()  # (b * tf, 3, H, W)
+        return to_rgb8(rgb).view(b, tf, self.H, self.W, 3)
 
     def _spatial(self) -> tuple[Tensor | None, Tensor | None]:
         """ψ-retrieved memory keyframes, normalised into each world's current window and encoded."""

@@ -11,7 +11,9 @@ from tensordict import TensorDict
 from deepverse_env.export import write_ply
 from deepverse_env.learned.world import LearnedWorld, WorldState, load_model, make_config
 from deepverse_env.render import HumanWindow
-from deepverse_env.spaces import action_id, action_space, check_images, observation_space
+from deepverse_env.learned.starts import START_KEYS
+from deepverse_env.rewards import Hooks
+from deepverse_env.spaces import action_id, action_space, check_action_sequences, check_images, observation_space
 from world_model.model import DeepVerse
 from world_model.state import FRAME_KEYS
 
@@ -102,6 +104,7 @@ class DeepVerseEnv(gym.Env):
     | `text_actions`    | False     | actions are sentences (``Sentences`` Text space)            |
     | `frames_per_step` | None      | the model's chunk (4); another value is an error            |
     | `sampler`         | None      | changes to the checkpoint's ``SamplerConfig`` ({"steps": 2}) |
+    | `render_cache`    | True      | refine frames with the 3D cache (models with a refiner, M18) |
     | `use_memory`      | True      | ψ memory keyframe as the spatial condition                  |
     | `cache_max`       | 6         | latent frames per window before it slides                   |
     | `memory_capacity` | 256       | memory keyframes per world                                  |
@@ -115,8 +118,9 @@ class DeepVerseEnv(gym.Env):
 
     Memory is bounded and allocated up front (``LearnedWorld.nbytes`` reports it): per world
     ``cache_max`` latent frames, ``1 + (cache_max - 1) * F`` decoded frames, ``memory_capacity``
-    keyframes of (4, H, W) float32 (the bulk: 16 MiB at 64 x 64 and 256), ``map_points`` x 15 bytes of
-    point cloud and the last 10,000 camera positions (120 KB). A step's working set comes and goes on
+    keyframes of (4, H, W) float32 (the bulk: 16 MiB at 64 x 64 and 256), with a refiner the 3D cache
+    (``world_model.cache``: 5 keyframes x H x W points x 15 bytes, 300 KB at 64 x 64), ``map_points`` x 15
+    bytes of point cloud and the last 10,000 camera positions (120 KB). A step's working set comes and goes on
     top: over 1,000 steps of the step-1,600 shipped model (one world, CPU) process RSS between steps
     stayed between a floor of 492 MiB, flat from step 200 on, and 600 MiB (``pytest -m slow`` checks
     the floor of the current one).
@@ -124,6 +128,9 @@ class DeepVerseEnv(gym.Env):
     Planning: ``imagine(action_sequences)`` rolls (N, L) candidate sequences from the current state (or
     a ``get_state()`` snapshot) in one batched rollout and returns a TensorDict (N, L) of imagined frames
     with hook rewards; ``get_state``/``set_state`` clone and restore everything, sampler noise included.
+    ``resync(obs)`` restarts the world from a true 4D frame (RGB, metric depth, intrinsics), so an MPC
+    planner imagines from what the real world shows (``agents.planners.run_mpc``); ``hooks`` may be
+    replaced (a task sets its goal per episode).
     ``export_point_cloud(path)`` writes the accumulated predicted world as ``.ply``.
 
     ## Vectorized environment
@@ -202,15 +209,43 @@ class DeepVerseEnv(gym.Env):
         """
         if self.world.td is None:
             raise gym.error.ResetNeeded("call reset() before imagine()")
-        a = np.asarray(action_sequences)
-        n = len(self.world.sentences)
-        if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"action_sequences must be a non-empty (N, L) integer array, got {a.dtype} {a.shape}")
-        if a.min() < 0 or a.max() >= n:
-            raise ValueError(f"action_sequences hold ids outside [0, {n - 1}]")
+        a = check_action_sequences(action_sequences, len(self.world.sentences))
         if seed is None:
             seed = int(self.np_random.integers(2**63))
         return self.world.imagine(np.zeros(len(a), dtype=np.int64), a, state, seed)
+
+    @property
+    def hooks(self) -> Hooks:
+        """The reward and termination hooks (``deepverse_env.rewards.Hooks``); a task may replace them."""
+        return self.world.hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        if not isinstance(hooks, Hooks):
+            raise ValueError(f"hooks must be a deepverse_env.rewards.Hooks, got {hooks!r}")
+        self.world.hooks = hooks
+
+    def resync(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Restart the world from a known 4D frame, e.g. the true current observation of the simulator: an
+        MPC planner re-anchors its imagination on what the real world shows before every plan.
+
+        Args:
+            frame: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W, 1) float32 metres > 0 and ``intrinsics``
+                (3, 3) float32 (an observation dict will do; its ``pose`` is not used).
+        Returns:
+            the new observation: the frame, with the identity pose, since its camera starts a new episode
+            frame (a goal from the old one moves with ``GoalReward``'s ``origin``). Windows, memory, map and
+            hook state start afresh (``scene_seed`` becomes -1, not known); the sampler noise goes on.
+        """
+        if self.world.td is None:
+            raise gym.error.ResetNeeded("call reset() before resync()")
+        missing = [k for k in START_KEYS if k not in frame]
+        if missing:
+            raise ValueError(f"the frame lacks {missing}; resync needs {list(START_KEYS)}")
+        self.world.start(np.ones(1, dtype=bool), frames={k: np.asarray(frame[k])[None] for k in START_KEYS})
+        if self._window is not None:
+            self._window.show(self.world.panel(0))
+        return self._obs()
 
     def get_state(self) -> WorldState:
         """A snapshot of the env's world (windows, memory, hook state, noise, map)."""

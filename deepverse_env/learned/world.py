@@ -19,7 +19,7 @@ from torch import Tensor
 from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.learned.starts import START_KEYS, SimulatorStarts, StartLoader, check_starts
 from deepverse_env.render import WorldMap
-from deepverse_env.rewards import make_reward, make_termination
+from deepverse_env.rewards import Hooks, start_state
 from world_model import geometry as G
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig
@@ -38,6 +38,7 @@ class LearnedEnvConfig:
     frames_per_step: int | None = None  # None = the model's chunk; anything else must equal it
     sampler: SamplerConfig | dict | None = None  # changes to the checkpoint's sampler, e.g. {"steps": 2}
     use_memory: bool = True  # condition each chunk on a ψ-retrieved memory keyframe
+    render_cache: bool = True  # refine frames with the 3D cache when the model has a refiner (False: paper path)
     cache_max: int = 6  # latent frames in a window before it slides (Algorithm 1's CacheMaxSize)
     memory_capacity: int = 256  # keyframes kept per world: the memory pool's bound
     reward: Any = None  # a deepverse_env.rewards.make_reward spec: name, dict, list or callable
@@ -116,10 +117,10 @@ class LearnedWorld:
         self.starts = SimulatorStarts(self.H, self.W, c.fov_deg) if c.starts is None else c.starts
         self.actions = get_action_set(c.action_set)
         self.sentences = SENTENCES if c.text_actions else tuple(a.sentence for a in self.actions.actions)  # id -> text
-        self.reward, self.termination = make_reward(c.reward), make_termination(c.termination)
+        self.hooks = Hooks(c.reward, c.termination)  # replaceable: a task installs its own per episode
         self.generator = torch.Generator(self.device)
         rollout_config = RolloutConfig(
-            cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory,
+            cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
             memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype,
         )
         self.rollout = Rollout(model, self.B, rollout_config, self.generator)
@@ -129,35 +130,35 @@ class LearnedWorld:
 
     # ---- start and step ------------------------------------------------------------------------
 
-    def start(self, mask: np.ndarray, images: np.ndarray | None = None, seeds: Sequence[int | None] | None = None) -> None:
-        """(Re)start the worlds where ``mask`` (B,) bool.
+    def start(
+        self,
+        mask: np.ndarray,
+        images: np.ndarray | None = None,
+        seeds: Sequence[int | None] | None = None,
+        frames: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """(Re)start the worlds where ``mask`` (B,) bool; their hook state entries start empty.
 
         Args:
-            images: (n, H, W, 3) uint8 for the n masked worlds (first-frame completion), or None: their
-                first frames come from the start loader, world i's with ``seeds[i]`` (None: its next).
+            images: (n, H, W, 3) uint8 for the n masked worlds (first-frame completion), or
+            frames: known 4D first frames of the n masked worlds (``START_KEYS``, each (n, ...)), or
+                neither: their first frames come from the start loader, world i's with ``seeds[i]``
+                (None: its next).
         """
         idx = np.flatnonzero(mask)
         m = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
-        if images is None:
+        scene_seeds = np.full(len(idx), -1)  # not known for images and given frames
+        if images is None and frames is None:
             frames, scene_seeds = self.starts.load(idx, [None if seeds is None else seeds[i] for i in idx])
             check_starts(self.starts, frames, scene_seeds, len(idx), self.H, self.W)
-            self.scene_seeds[idx] = scene_seeds
-            first = self.rollout.reset(*(torch.from_numpy(frames[k]) for k in START_KEYS), mask=m)
-        else:
-            self.scene_seeds[idx] = -1
+        self.scene_seeds[idx] = scene_seeds
+        if images is not None:
             first = self.rollout.reset(torch.from_numpy(images), mask=m)
-        if self.td is None:
-            if len(idx) != self.B:
-                raise RuntimeError("the first start must start every world")
-            self.td = first.clone()
         else:
-            self.td = self.td.clone()  # never write into frames a caller may hold
-            rows = torch.as_tensor(idx, device=self.device)
-            for key in list(self.td.keys()):
-                if key in FRAME_KEYS:
-                    self.td[key][rows] = first[key]
-                else:  # a hook's state entry (e.g. explored voxels) starts empty
-                    self.td[key][rows] = 0
+            first = self.rollout.reset(*(torch.as_tensor(frames[k]) for k in START_KEYS), mask=m)
+        if self.td is None and len(idx) != self.B:
+            raise RuntimeError("the first start must start every world")
+        self.td = start_state(self.td, torch.as_tensor(idx, device=self.device), first)
         for i in idx:
             self.maps[i].clear()
         self._record(idx, first)
@@ -171,27 +172,9 @@ class LearnedWorld:
             frames TensorDict (B, F), rewards (B,) float, terminated (B,) bool.
         """
         chunk = self.rollout.step([self.sentences[i] for i in ids])
-        td = self._transition(self.td, ids, chunk[:, -1])
-        reward, terminated = self._score(td)
-        self.td = td["next"]
+        self.td, reward, terminated = self.hooks.step(self.td, ids, chunk[:, -1])
         self._record(np.arange(self.B), self.td)
         return chunk, reward, terminated
-
-    def _transition(self, state: TensorDict, ids, after: TensorDict) -> TensorDict:
-        """The hooks' input: the state before, the action and ``("next", ...)`` the state after."""
-        td = state.copy()
-        td["action"] = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.device)
-        td["next"] = after
-        return td
-
-    def _score(self, td: TensorDict) -> tuple[Tensor, Tensor]:
-        B = td.batch_size[0]
-        reward = self.reward(td).float() if self.reward is not None else torch.zeros(B, device=self.device)
-        done = (
-            self.termination(td).bool() if self.termination is not None
-            else torch.zeros(B, dtype=torch.bool, device=self.device)
-        )
-        return reward, done
 
     def _record(self, idx: np.ndarray, frames: TensorDict) -> None:
         """Add the frames (len(idx),) of worlds ``idx`` to their maps: camera position and points."""
@@ -256,18 +239,11 @@ class LearnedWorld:
         rows = torch.as_tensor(index, dtype=torch.long, device=self.device)
         branch = rollout.select(rows)
         branch.generator = torch.Generator(self.device).manual_seed(seed)
-        current = td[rows].clone()  # (M,) hook entries included, so stateful hooks branch too
-        out = []
+        frames, scales = [], []
         for step_ids in ids.T:  # (M,) per step
-            chunk = branch.step([self.sentences[i] for i in step_ids])
-            transition = self._transition(current, step_ids, chunk[:, -1])
-            reward, terminated = self._score(transition)
-            current = transition["next"]
-            out.append(
-                TensorDict(
-                    {**{k: current[k] for k in FRAME_KEYS}, "action": transition["action"], "reward": reward,
-                     "terminated": terminated, "scale": branch.scale.clone()},
-                    batch_size=[len(rows)],
-                )
-            )
-        return torch.stack(out, dim=1)  # (M, L)
+            frames.append(branch.step([self.sentences[i] for i in step_ids])[:, -1].select(*FRAME_KEYS))
+            scales.append(branch.scale.clone())
+        # (M, L); the hooks start from td[rows], their entries included, so stateful hooks branch too
+        out = self.hooks.rollout(td[rows], torch.as_tensor(ids, dtype=torch.long), torch.stack(frames, dim=1))
+        out["scale"] = torch.stack(scales, dim=1)
+        return out

@@ -6,13 +6,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from tensordict import TensorDict
 
 from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.render import draw_topdown, panel
+from deepverse_env.rewards import Hooks
 from deepverse_env.sim import agent
 from deepverse_env.sim.raycast import SceneBatch, render
 from deepverse_env.sim.world import WALL, Scene, SceneConfig
-from deepverse_env.spaces import action_space, check_action, observation_space
+from deepverse_env.spaces import action_space, check_action, check_action_sequences, observation_space
 from world_model.geometry import default_intrinsics
 
 
@@ -27,6 +29,11 @@ def check_arguments(action_set, frames_per_step, height, width, fov_deg, render_
     if render_mode is not None and render_mode not in render_modes:
         raise ValueError(f"render_mode must be None or one of {render_modes}, got {render_mode!r}")
     return actions
+
+
+def frames_state(frames: dict[str, np.ndarray], batch: int) -> TensorDict:
+    """Observation arrays, each (batch, ...), as a TensorDict the hooks score (copies: callers keep theirs)."""
+    return TensorDict({k: torch.from_numpy(v.copy()) for k, v in frames.items()}, batch_size=[batch])
 
 
 def render_frame(scene: Scene, trajectory: np.ndarray, heading: float, rgb: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -101,7 +108,12 @@ class DeepVerseSimEnv(gym.Env):
 
     ## Rewards
 
-    0.0 on every step; tasks add reward hooks (``deepverse_env.rewards``) on top.
+    From the ``reward`` hook, exactly as in ``DeepVerse-v0`` (``deepverse_env.rewards``: a name, a dict
+    with arguments and ``weight``, a list of those summed, or any callable ``TensorDict (B,) -> (B,)``),
+    through the same ``Hooks`` code path, so a task means the same in the true and the learned world; 0.0
+    without one. A hook sees the state before (observation keys), ``action`` and ``("next", ...)`` the
+    state after; the entries it writes under ``next`` are carried to the next step and dropped at reset.
+    ``hooks`` may be replaced between episodes (``agents.tasks`` installs a goal per episode).
 
     ## Starting State
 
@@ -110,7 +122,8 @@ class DeepVerseSimEnv(gym.Env):
 
     ## Episode End
 
-    Never terminates; truncation after ``max_episode_steps`` (500 as registered) by the TimeLimit wrapper.
+    Terminates when the ``termination`` hook says so (``"goal_reached"``, ``"collided"``, a list: any;
+    without one, never); truncation after ``max_episode_steps`` (500 as registered) by the TimeLimit wrapper.
 
     ## Arguments
 
@@ -132,6 +145,13 @@ class DeepVerseSimEnv(gym.Env):
     | `fov_deg`         | 75.0      | horizontal field of view, in (0, 180)                    |
     | `render_mode`     | None      | "rgb_array": RGB, depth colour map and top-down map      |
     | `scene_config`    | None      | ``SceneConfig`` of the worlds (default: its defaults)    |
+    | `reward`          | None      | reward hook spec, as ``DeepVerse-v0``'s                  |
+    | `termination`     | None      | termination hook spec, as ``DeepVerse-v0``'s             |
+
+    Planning: ``imagine(action_sequences)`` is ``DeepVerse-v0``'s planner API on the true world: it rolls
+    (N, L) candidate sequences from the current state with exact frames and hook rewards, and leaves
+    the env as it was. A planner given the simulator as its model is the oracle that separates planner
+    quality from model quality (``agents.planners``).
 
     ## Vectorized environment
 
@@ -154,6 +174,8 @@ class DeepVerseSimEnv(gym.Env):
         fov_deg: float = 75.0,
         render_mode: str | None = None,
         scene_config: SceneConfig | None = None,
+        reward=None,
+        termination=None,
     ):
         self.actions = check_arguments(
             action_set, frames_per_step, height, width, fov_deg, render_mode, self.metadata["render_modes"]
@@ -169,6 +191,8 @@ class DeepVerseSimEnv(gym.Env):
         self._start = self._state = None  # (4,) agent states: first camera, current camera
         self._trajectory: list[np.ndarray] = []  # (x, z) per frame, for the top-down map
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # rgb, depth of the latest frame
+        self.hooks = Hooks(reward, termination)
+        self._td: TensorDict | None = None  # (1,) the current frame and the hooks' state entries
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -180,12 +204,14 @@ class DeepVerseSimEnv(gym.Env):
         self._trajectory = [self._state[:2].copy()]
         frames = self._render_states(self._state[None])
         obs = {k: v[-1] for k, v in frames.items()}
+        self._td = frames_state(frames, 1)
         return obs, {"abs_pose": self._abs_pose(self._state), "scene_seed": self.scene.seed}
 
     def step(self, action):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before step()")
-        a = self.actions[check_action(action, len(self.actions))]
+        i = check_action(action, len(self.actions))
+        a = self.actions[i]
         states, blocked = [], False
         for _ in range(self.frames_per_step):
             self._state, b = agent.advance(self.scene, self._state, a)
@@ -194,6 +220,8 @@ class DeepVerseSimEnv(gym.Env):
         self._trajectory.extend(s[:2] for s in states)
         frames = self._render_states(np.stack(states))
         obs = {k: v[-1] for k, v in frames.items()}
+        after = frames_state({k: v[-1:] for k, v in frames.items()}, 1)  # (1,) the chunk's last frame
+        self._td, reward, terminated = self.hooks.step(self._td, [i], after)
         info = {
             "frames": frames,
             "abs_pose": self._abs_pose(self._state),
@@ -201,7 +229,32 @@ class DeepVerseSimEnv(gym.Env):
             "sentence": a.sentence,
             "scene_seed": self.scene.seed,
         }
-        return obs, 0.0, False, False, info
+        return obs, float(reward[0]), bool(terminated[0]), False, info
+
+    def imagine(self, action_sequences, seed: int | None = None) -> TensorDict:
+        """Roll N candidate action sequences from the current state in the true world: ``DeepVerse-v0``'s
+        ``imagine`` with exact frames (a planner's oracle model).
+
+        Args:
+            action_sequences: (N, L) integer action ids.
+            seed: not used (the simulator is deterministic); there for the planner interface.
+        Returns:
+            TensorDict (N, L): ``rgb``, ``depth``, ``pose``, ``intrinsics`` after each step, ``action``,
+            ``reward`` and ``terminated`` from the hooks. The env itself is left as it was.
+        """
+        if self._state is None:
+            raise gym.error.ResetNeeded("call reset() before imagine()")
+        a = check_action_sequences(action_sequences, len(self.actions))
+        N, L = a.shape
+        states = np.empty((N, L, 4))  # the agent state after each step of each sequence
+        for n in range(N):
+            state = self._state
+            for t in range(L):
+                for _ in range(self.frames_per_step):
+                    state, _ = agent.advance(self.scene, state, self.actions[a[n, t]])
+                states[n, t] = state
+        frames = frames_state(self._frames(states.reshape(N * L, 4)), N * L).reshape(N, L)  # one ray-cast call
+        return self.hooks.rollout(self._td.expand(N).clone(), torch.from_numpy(a).long(), frames)
 
     def render(self):
         if self.render_mode != "rgb_array" or self._last is None:
@@ -212,16 +265,20 @@ class DeepVerseSimEnv(gym.Env):
         return agent.camera_pose(state, self.scene.eye_height).astype(np.float32)
 
     def _render_states(self, states: np.ndarray) -> dict[str, np.ndarray]:
+        """Frames of the agent states (F, 4) of a step, the last one kept for ``render``."""
+        frames = self._frames(states)
+        self._last = (frames["rgb"][-1], frames["depth"][-1])
+        return frames
+
+    def _frames(self, states: np.ndarray) -> dict[str, np.ndarray]:
         """Frames of agent states (F, 4) in one ray-cast call: the observation keys, each (F, ...)."""
         F = len(states)
         c2w = torch.from_numpy(agent.camera_pose(states, self.scene.eye_height)).float()
         K = self.K.expand(F, 3, 3)
         rgb, depth = render(self._batch[torch.zeros(F, dtype=torch.int64)], c2w, K, self.height, self.width)
-        rgb, depth = rgb.numpy(), depth.numpy()
-        self._last = (rgb[-1], depth[-1])
         return {
-            "rgb": rgb,
-            "depth": depth,
+            "rgb": rgb.numpy(),
+            "depth": depth.numpy(),
             "pose": agent.relative_pose(self._start, states).astype(np.float32),
             "intrinsics": K.numpy().copy(),
         }

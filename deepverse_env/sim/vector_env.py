@@ -11,8 +11,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from deepverse_env.actions import ActionSet
+from deepverse_env.rewards import Hooks, start_state
 from deepverse_env.sim import agent
-from deepverse_env.sim.env import check_arguments, render_frame
+from deepverse_env.sim.env import check_arguments, frames_state, render_frame
 from deepverse_env.sim.raycast import SceneBatch, render
 from deepverse_env.sim.world import Scene, SceneConfig
 from deepverse_env.spaces import action_space, check_action, observation_space
@@ -51,10 +52,13 @@ class DeepVerseSimVectorEnv(VectorEnv):
     truncates resets it, ignores its action and returns its first observation with reward 0; its
     ``info["frames"]`` then holds that first frame repeated, ``blocked`` is False and ``sentence`` is "".
 
+    Rewards and termination come from the ``reward`` / ``termination`` hooks as in the single env (one
+    batched call for the N worlds; a restarting world gets reward 0 and its hook entries zeroed).
+
     Observations are the single env's dict batched along a first dim of N; ``info`` holds ``frames``
     (each key (N, F, ...)), ``abs_pose`` (N, 4, 4), ``blocked`` (N,), ``sentence`` (N,) strings and
-    ``scene_seed`` (N,). Arguments are those of ``DeepVerseSimEnv`` plus ``num_envs`` and
-    ``max_episode_steps`` (truncation, ``None`` for never).
+    ``scene_seed`` (N,). Arguments are those of ``DeepVerseSimEnv`` (``reward`` and ``termination``
+    included) plus ``num_envs`` and ``max_episode_steps`` (truncation, ``None`` for never).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -70,6 +74,8 @@ class DeepVerseSimVectorEnv(VectorEnv):
         render_mode: str | None = None,
         scene_config: SceneConfig | None = None,
         max_episode_steps: int | None = None,
+        reward=None,
+        termination=None,
     ):
         self.actions = check_arguments(
             action_set, frames_per_step, height, width, fov_deg, render_mode, self.metadata["render_modes"]
@@ -93,6 +99,8 @@ class DeepVerseSimVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._trajectories: list[list[np.ndarray]] = []
         self._last: tuple[np.ndarray, np.ndarray] | None = None  # rgb, depth (N, ...) of the latest frames
+        self.hooks = Hooks(reward, termination)
+        self._td = None  # (N,) the current frames and the hooks' state entries
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         N = self.num_envs
@@ -111,6 +119,7 @@ class DeepVerseSimVectorEnv(VectorEnv):
         self._autoreset[:] = False
         frames = self._render_states(self._state[:, None])
         obs = {k: v[:, -1] for k, v in frames.items()}
+        self._td = frames_state(obs, N)
         return obs, {"abs_pose": self._abs_pose(), "scene_seed": np.array([s.seed for s in self._scenes])}
 
     def step(self, actions):
@@ -119,7 +128,8 @@ class DeepVerseSimVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {actions!r}")
-        chosen = [self.actions[check_action(a, len(self.actions))] for a in actions]
+        ids = [check_action(a, len(self.actions)) for a in actions]
+        chosen = [self.actions[i] for i in ids]
         N, F = self.num_envs, self.frames_per_step
         resets = np.flatnonzero(self._autoreset)
         for i in resets:
@@ -136,9 +146,14 @@ class DeepVerseSimVectorEnv(VectorEnv):
             self._trajectories[i].extend(s[:2] for s in states[i])
         frames = self._render_states(states)
         obs = {k: v[:, -1] for k, v in frames.items()}
+        after = frames_state(obs, N)
+        td, reward, terminated = self.hooks.step(self._td, ids, after)
+        rows = torch.from_numpy(resets)
+        self._td = start_state(td, rows, after[rows]) if len(resets) else td  # restarted worlds start afresh
+        reward = np.where(self._autoreset, 0.0, reward.numpy().astype(np.float64))
+        terminated = terminated.numpy() & ~self._autoreset
 
         self._steps = np.where(self._autoreset, 0, self._steps + 1)
-        terminated = np.zeros(N, dtype=bool)
         truncated = np.zeros(N, dtype=bool)
         if self.max_episode_steps is not None:
             truncated = (self._steps >= self.max_episode_steps) & ~self._autoreset
@@ -150,7 +165,7 @@ class DeepVerseSimVectorEnv(VectorEnv):
             "scene_seed": np.array([s.seed for s in self._scenes]),
         }
         self._autoreset = terminated | truncated
-        return obs, np.zeros(N), terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode != "rgb_array" or self._last is None:

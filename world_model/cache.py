@@ -1,0 +1,100 @@
+"""The 3D cache (M18): a bounded point cloud of what each world has shown, rendered into new cameras.
+
+Each of B worlds keeps its last ``frames`` keyframes (the start frame, then the last frame of every generated
+chunk) as coloured points in the episode frame: every pixel unprojected with its depth and camera. The
+rollout renders them, z-buffered (``world_model.splat``), into the predicted camera of every new frame, and
+the refiner (``world_model.refine``) takes detail from the render where it agrees with the decoded frame.
+
+Bound: ``frames`` x H x W points per world, 15 bytes each (xyz float32, rgb uint8): 5 x 64 x 64 -> 300 KB.
+A ring: a new keyframe replaces the oldest. Storage is one preallocated TensorDict (B, frames), so cloning,
+selecting and resetting worlds are TensorDict ops, as in ``world_model.memory``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict
+from torch import Tensor
+
+from world_model import geometry as G
+from world_model.splat import Render, splat
+
+
+@dataclass
+class CacheConfig:
+    frames: int = 5  # keyframes held per world (about one window: the refiner trains on up to 4 before a chunk)
+
+    def __post_init__(self):
+        if isinstance(self.frames, bool) or int(self.frames) != self.frames or self.frames < 1:
+            raise ValueError(f"CacheConfig.frames must be a positive integer, got {self.frames!r}")
+
+
+class PointCache:
+    """Keyframe point clouds of B worlds (see the module docstring).
+
+    Args:
+        config: ``CacheConfig``.  batch_size: B.  height, width: the frame size.  device: where it lives.
+    """
+
+    def __init__(self, config: CacheConfig, batch_size: int, height: int, width: int, device=None):
+        B, F, P = batch_size, config.frames, height * width
+        self.config, self.height, self.width = config, height, width
+        self.state = TensorDict(
+            {
+                "xyz": torch.zeros(B, F, P, 3),  # episode frame, metres
+                "rgb": torch.zeros(B, F, P, 3, dtype=torch.uint8),
+                "stamp": torch.zeros(B, F, dtype=torch.long),  # write order within the world
+                "valid": torch.zeros(B, F, dtype=torch.bool),
+            },
+            batch_size=[B, F],
+            device=device,
+        )
+
+    def add(self, frames: TensorDict, worlds: Tensor) -> None:
+        """Store one keyframe for each of ``worlds`` (n,) long: frames (n,) rgb (H, W, 3) uint8, depth (H, W, 1)
+        metres, pose (4, 4) in the episode frame, intrinsics (3, 3). It replaces the world's oldest keyframe."""
+        st = self.state
+        slot = st["stamp"][worlds].masked_fill(~st["valid"][worlds], -1).argmin(dim=1)  # (n,) free or oldest
+        stamp = st["stamp"][worlds].amax(dim=1) + 1  # (n,)
+        xyz = G.unproject(frames["depth"][..., 0].float(), frames["intrinsics"].float(), frames["pose"].float())
+        st["xyz"][worlds, slot] = xyz.flatten(1, 2)  # (n, P, 3)
+        st["rgb"][worlds, slot] = frames["rgb"].flatten(1, 2)
+        st["stamp"][worlds, slot] = stamp
+        st["valid"][worlds, slot] = True
+
+    def render(self, worlds: Tensor, K: Tensor, c2w: Tensor) -> Render:
+        """Render worlds (n,) into T cameras each: K (n, T, 3, 3), c2w (n, T, 4, 4) -> ``Render`` (n * T, H, W)."""
+        n, T = c2w.shape[:2]
+        st = self.state[worlds]  # (n, F)
+        F, P = st.shape[1], self.height * self.width
+        valid = st["valid"][:, :, None].expand(n, F, P).reshape(n, F * P)
+        return splat(
+            st["xyz"].reshape(n, F * P, 3).repeat_interleave(T, 0), st["rgb"].reshape(n, F * P, 3).float().repeat_interleave(T, 0),
+            K.flatten(0, 1), c2w.flatten(0, 1), self.height, self.width, valid=valid.repeat_interleave(T, 0),
+        )
+
+    def sizes(self) -> Tensor:
+        """(B,) keyframes held per world."""
+        return self.state["valid"].sum(dim=1)
+
+    def reset(self, mask: Tensor) -> None:
+        """Empty the worlds where ``mask`` (B,) bool."""
+        self.state["valid"][mask] = False
+        self.state["stamp"][mask] = 0
+
+    def select(self, index: Tensor) -> PointCache:
+        """A new cache of the worlds ``index`` (B',) long, repeats allowed."""
+        out = PointCache.__new__(PointCache)
+        out.config, out.height, out.width = self.config, self.height, self.width
+        out.state = self.state[index].clone()
+        return out
+
+    def load_state(self, other: PointCache) -> None:
+        """Overwrite in place with a copy of ``other``'s contents (same shape)."""
+        if other.state.shape != self.state.shape:
+            raise ValueError(f"cannot load a cache of shape {tuple(other.state.shape)} into {tuple(self.state.shape)}")
+        self.state.update_(other.state)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state.values())
