@@ -29,7 +29,7 @@ stage() {  # stage CONFIG RUN EXPORT [extra args...]
   local n; n="$(steps "$config")"
   "$PY/deepverse-train" fit --config "$config" --data.data_dir "$DATA" --trainer.default_root_dir "$RUNS/$run" \
     --trainer.accelerator "$ACCEL" --trainer.devices 1 --trainer.precision "$PRECISION" --trainer.max_steps "$n" \
-    --trainer.val_check_interval "$(( n < 4 ? n : n / 4 ))" --trainer.enable_progress_bar false "$@"
+    --trainer.val_check_interval "$(( n < 8 ? n : n / 4 ))" --trainer.enable_progress_bar false "$@"
   "$PY/deepverse-train" export --ckpt "$RUNS/$run/checkpoints/last.ckpt" --out "$export"
 }
 

@@ -33,14 +33,36 @@ def test_cache_renders_a_stored_frame_back_into_its_own_camera_and_stays_bounded
     assert torch.equal(r.values[1].to(torch.uint8), frames["rgb"][1])
     for _ in range(3):  # a ring: never more than its frames
         cache.add(frames, torch.tensor([0, 1]))
-    assert cache.sizes().tolist() == [2, 2] and cache.nbytes() == 2 * 2 * 256 * 15 + 2 * 2 * 9
+    assert cache.sizes().tolist() == [2, 2] and cache.nbytes() == 2 * 2 * 256 * 15 + 2 * 2 * 10
     picked = cache.select(torch.tensor([1, 1]))
     cache.reset(torch.tensor([False, True]))
     assert cache.sizes().tolist() == [2, 0] and picked.sizes().tolist() == [2, 2]
     cache.load_state(picked)
     assert cache.sizes().tolist() == [2, 2]
-    with pytest.raises(ValueError, match="frames must be a positive integer"):
-        CacheConfig(frames=0)
+    with pytest.raises(ValueError, match="frames must be an integer >= 2"):
+        CacheConfig(frames=1)
+    with pytest.raises(ValueError, match=r"real_priority must be in \[0, 1\)"):
+        CacheConfig(real_priority=1.0)
+
+
+def test_the_real_start_frame_is_kept_and_wins_near_ties():
+    frames = start(1)
+    cache = PointCache(CacheConfig(frames=2, real_priority=0.05), 1, 16, 16)
+    cache.add(frames, torch.tensor([0]), real=True)
+    nearer = frames.clone()
+    nearer["depth"] = frames["depth"] * 0.97  # a generated surface 3% nearer, in other colours
+    nearer["rgb"] = 255 - frames["rgb"]
+    for _ in range(3):
+        cache.add(nearer, torch.tensor([0]))
+    assert cache.state["real"][0].tolist().count(True) == 1 and cache.sizes().tolist() == [2]
+    r = cache.render(torch.tensor([0]), frames["intrinsics"][:, None], frames["pose"][:, None])
+    assert torch.equal(r.values[0].to(torch.uint8), frames["rgb"][0])  # the real picture shows
+    torch.testing.assert_close(r.depth[0], frames["depth"][0, ..., 0])  # at its own depth
+    much_nearer = nearer.clone()
+    much_nearer["depth"] = frames["depth"] * 0.8
+    cache.add(much_nearer, torch.tensor([0]))
+    r = cache.render(torch.tensor([0]), frames["intrinsics"][:, None], frames["pose"][:, None])
+    assert torch.equal(r.values[0].to(torch.uint8), much_nearer["rgb"][0])  # a clearly nearer surface occludes it
 
 
 def test_untrained_refiner_keeps_holes_and_blends_the_render_and_shapes_are_checked():

@@ -232,7 +232,7 @@ class Rollout:
         self.stream.update(idx, stream)
         if self.cache is not None:
             self.cache.reset(mask)
-            self.cache.add(first, idx)
+            self.cache.add(first, idx, real=True)  # the start picture (its depth is generated from an image alone)
         return first
 
     def _check_frame(self, name: str, x, shape: tuple, dtype) -> None:

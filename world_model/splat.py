@@ -27,7 +27,7 @@ class Render(NamedTuple):
 
 def splat(
     points: Tensor, values: Tensor, K: Tensor, c2w: Tensor, height: int, width: int, valid: Tensor | None = None,
-    near: float = 1e-6,
+    near: float = 1e-6, priority: Tensor | None = None,
 ) -> Render:
     """Render clouds into cameras, nearest surface first.
 
@@ -35,6 +35,8 @@ def splat(
         points: (B, N, 3) world coordinates.  values: (B, N, C) what each point carries (colour, ...).
         K: (B, 3, 3) intrinsics.  c2w: (B, 4, 4) camera-to-world.  height, width: image size.
         valid: (B, N) bool, points to draw (None: all).  near: points at z <= near are behind the camera.
+        priority: (B, N) in [0, 1): the z-test compares z * (1 - priority), so a point with priority p wins
+            against surfaces up to a fraction p nearer (real pixels over generated ones); None: plain z.
     Returns:
         ``Render(values, depth, mask, source)``.
     """
@@ -51,9 +53,10 @@ def splat(
     if valid is not None:
         ok &= valid.bool()
     pixel = torch.where(ok, v.clamp(0, height - 1).long() * width + u.clamp(0, width - 1).long(), P)  # (B, N); P = dump
+    key = z if priority is None else z * (1 - priority)  # (B, N) what the z-test compares
     zbuf = torch.full((B, P + 1), float("inf"), dtype=z.dtype, device=z.device)
-    zbuf.scatter_reduce_(1, pixel, torch.where(ok, z, float("inf")), reduce="amin")
-    winner = ok & (z <= zbuf.gather(1, pixel))  # (B, N) the nearest point of its pixel (or a tie)
+    zbuf.scatter_reduce_(1, pixel, torch.where(ok, key, float("inf")), reduce="amin")
+    winner = ok & (key <= zbuf.gather(1, pixel))  # (B, N) the nearest point of its pixel (or a tie)
     index = torch.arange(N, device=z.device).expand(B, N)
     source = torch.full((B, P + 1), -1, dtype=torch.long, device=z.device)
     source.scatter_reduce_(1, pixel, torch.where(winner, index, -1), reduce="amax")  # ties: the last point
@@ -61,7 +64,7 @@ def splat(
     mask = source >= 0
     take = source.clamp_min(0)
     out = values.gather(1, take[..., None].expand(B, P, values.shape[2])) * mask[..., None]  # (B, P, C)
-    depth = torch.where(mask, zbuf[:, :P], torch.zeros_like(zbuf[:, :P]))
+    depth = z.gather(1, take) * mask  # (B, P) the winner's z-depth
     return Render(
         out.view(B, height, width, -1), depth.view(B, height, width), mask.view(B, height, width),
         source.view(B, height, width),
