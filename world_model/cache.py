@@ -23,6 +23,7 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from world_model import geometry as G
+from world_model.memory import WorldTable
 from world_model.splat import Render, splat
 
 
@@ -38,12 +39,14 @@ class CacheConfig:
             raise ValueError(f"CacheConfig.real_priority must be in [0, 1), got {self.real_priority!r}")
 
 
-class PointCache:
+class PointCache(WorldTable):
     """Keyframe point clouds of B worlds (see the module docstring).
 
     Args:
         config: ``CacheConfig``.  batch_size: B.  height, width: the frame size.  device: where it lives.
     """
+
+    noun = "cache"
 
     def __init__(self, config: CacheConfig, batch_size: int, height: int, width: int, device=None):
         B, F, P = batch_size, config.frames, height * width
@@ -98,18 +101,3 @@ class PointCache:
         self.state["real"][mask] = False
         self.state["stamp"][mask] = 0
 
-    def select(self, index: Tensor) -> PointCache:
-        """A new cache of the worlds ``index`` (B',) long, repeats allowed."""
-        out = PointCache.__new__(PointCache)
-        out.config, out.height, out.width = self.config, self.height, self.width
-        out.state = self.state[index].clone()
-        return out
-
-    def load_state(self, other: PointCache) -> None:
-        """Overwrite in place with a copy of ``other``'s contents (same shape)."""
-        if other.state.shape != self.state.shape:
-            raise ValueError(f"cannot load a cache of shape {tuple(other.state.shape)} into {tuple(self.state.shape)}")
-        self.state.update_(other.state)
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state.values())

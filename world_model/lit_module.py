@@ -84,6 +84,22 @@ def load_codec_weights(codec: Codec, path: str | Path) -> None:
     codec.load_state_dict({k: state[k] for k in own})
 
 
+def check_init_weights(path: str | None) -> None:
+    """ValueError unless ``init_weights`` is None or an existing path (checked before anything is built)."""
+    if path is not None and not Path(path).exists():
+        raise ValueError(f"init_weights {path} does not exist")
+
+
+def check_same_config(path: str | Path, saved: DeepVerseConfig, model: DeepVerseConfig, ignore: tuple[str, ...] = ()) -> None:
+    """ValueError naming every field where the config an ``init_weights`` export was saved with differs from
+    ``model``'s, sampler settings (not weights) and ``ignore`` aside."""
+    theirs, ours = saved.weights_dict(), model.weights_dict()
+    keys = sorted((set(theirs) | set(ours)) - set(ignore))
+    differ = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
+    if differ:
+        raise ValueError(f"init_weights {path} was saved with another config than model: {{field: (saved, model)}} = {differ}")
+
+
 def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None) -> Path:
     """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
 
@@ -299,8 +315,7 @@ class CodecModule(TrainingModule):
     trained = ("codec",)
 
     def __init__(self, init_weights: str | None = None, **kwargs):
-        if init_weights is not None and not Path(init_weights).exists():
-            raise ValueError(f"init_weights {init_weights} does not exist")
+        check_init_weights(init_weights)
         super().__init__(**kwargs)
 
     def build_model(self, config: DeepVerseConfig) -> DeepVerse:
@@ -366,8 +381,7 @@ class RefinerModule(TrainingModule):
         edge_weight: float = 0.0,
         **kwargs,
     ):
-        if init_weights is not None and not Path(init_weights).exists():
-            raise ValueError(f"init_weights {init_weights} does not exist")
+        check_init_weights(init_weights)
         for name, value in (("latent_noise", latent_noise), ("grad_weight", grad_weight), ("edge_weight", edge_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
@@ -383,11 +397,7 @@ class RefinerModule(TrainingModule):
         if path is None:
             return model
         base = DeepVerse.from_pretrained(path)
-        ours = {k: v for k, v in config.weights_dict().items() if k not in ("render_cache", "refiner_overrides")}
-        theirs = {k: v for k, v in base.config.weights_dict().items() if k not in ("render_cache", "refiner_overrides")}
-        if ours != theirs:
-            differ = {k: (theirs.get(k), ours.get(k)) for k in ours if theirs.get(k) != ours.get(k)}
-            raise ValueError(f"init_weights {path} was saved with another config than model: {{field: (saved, model)}} = {differ}")
+        check_same_config(path, base.config, config, ignore=("render_cache", "refiner_overrides"))
         missing, _ = model.load_state_dict(base.state_dict(), strict=False)
         if any(not k.startswith("refiner.") for k in missing):
             raise ValueError(f"init_weights {path} lacks {[k for k in missing if not k.startswith('refiner.')][:3]}")
@@ -496,21 +506,13 @@ class WorldModelModule(TrainingModule):
         SamplerConfig().merged(eval_sampler)  # ValueError naming an unknown field or a bad value
         if latent_stat_clips < 1:
             raise ValueError(f"latent_stat_clips must be >= 1, got {latent_stat_clips!r}")
-        if init_weights is not None and not Path(init_weights).exists():
-            raise ValueError(f"init_weights {init_weights} does not exist")
+        check_init_weights(init_weights)
         super().__init__(**kwargs)
 
     def build_model(self, config: DeepVerseConfig) -> DeepVerse:
         if self.hparams.init_weights is not None:
             model = DeepVerse.from_pretrained(self.hparams.init_weights)
-            theirs, ours = model.config.weights_dict(), config.weights_dict()
-            keys = sorted(set(theirs) | set(ours))
-            differ = {k: (theirs.get(k), ours.get(k)) for k in keys if theirs.get(k) != ours.get(k)}
-            if differ:
-                raise ValueError(
-                    f"init_weights {self.hparams.init_weights} was saved with another config than model: "
-                    f"{{field: (saved, model)}} = {differ}"
-                )
+            check_same_config(self.hparams.init_weights, model.config, config)
             model.set_sampler(**config.sampler)  # sampler settings are the export's unless model names its own
             return model.train()
         model = DeepVerse(config)

@@ -11,6 +11,7 @@ and retrieving are one batched op each, and cloning, selecting or resetting worl
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -19,6 +20,43 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from world_model.geometry import optical_axis_angle
+
+
+class WorldTable:
+    """Per-world storage in one preallocated ``tensordict.TensorDict`` ``state`` whose first batch dim is the
+    world: copying, selecting and loading worlds are TensorDict ops. Subclasses name what they hold (``noun``)."""
+
+    state: TensorDict  # (B, ...)
+    noun = "table"
+
+    @property
+    def batch_size(self) -> int:
+        return self.state.batch_size[0]
+
+    def clone(self):
+        """An independent copy (planners branch from it)."""
+        return self._with_state(self.state.clone())
+
+    def select(self, index: Tensor):
+        """A new table of the worlds ``index`` (B',) long, repeats allowed: expand one world to many candidates."""
+        return self._with_state(self.state[index].clone())
+
+    def load_state(self, other) -> None:
+        """Overwrite this table in place with a copy of ``other``'s contents (same batch size and shapes)."""
+        if other.state.shape != self.state.shape:
+            raise ValueError(
+                f"cannot load a {self.noun} of shape {tuple(other.state.shape)} into {tuple(self.state.shape)}"
+            )
+        self.state.update_(other.state)
+
+    def nbytes(self) -> int:
+        """Bytes held, for every world: fixed at construction."""
+        return sum(t.numel() * t.element_size() for t in self.state.values())
+
+    def _with_state(self, state: TensorDict):
+        out = copy.copy(self)
+        out.state = state
+        return out
 
 
 @dataclass
@@ -48,7 +86,7 @@ def psi(query: Tensor, keys: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Ten
     return index, valid.any(dim=1)
 
 
-class MemoryPool:
+class MemoryPool(WorldTable):
     """Keyframes (any per-pixel payload, the rollout's: RGB 0-255 + depth in metres) and their camera poses
     for B independent worlds.
 
@@ -64,6 +102,8 @@ class MemoryPool:
         frame_shape: (C, H, W) of one keyframe (the rollout's: 4 channels, RGB-D, at full resolution).
         device, dtype: of the stored keyframes (poses are always float32).
     """
+
+    noun = "pool"
 
     def __init__(
         self,
@@ -92,10 +132,6 @@ class MemoryPool:
             batch_size=[B, N],
             device=device,
         )
-
-    @property
-    def batch_size(self) -> int:
-        return self.state.batch_size[0]
 
     def sizes(self) -> Tensor:
         """(B,) number of stored entries per world."""
@@ -154,31 +190,10 @@ class MemoryPool:
         self.state["valid"][mask] = False
         self.state["stamp"][mask] = 0
 
-    def clone(self) -> MemoryPool:
-        """An independent copy (planners branch from it)."""
-        return self._with_state(self.state.clone())
-
-    def load_state(self, other: MemoryPool) -> None:
-        """Overwrite this pool in place with a copy of ``other``'s contents (same batch size and shapes)."""
-        if other.state.shape != self.state.shape:
-            raise ValueError(
-                f"cannot load a pool of shape {tuple(other.state.shape)} into {tuple(self.state.shape)}"
-            )
-        self.state.update_(other.state)
-
-    def select(self, index: Tensor) -> MemoryPool:
-        """A new pool of the worlds ``index`` (B',) long, repeats allowed: expand one world to many candidates."""
-        return self._with_state(self.state[index].clone())
-
     def to(self, device: torch.device | str) -> MemoryPool:
         """Move the pool to ``device`` in place; returns self."""
         self.state = self.state.to(device)
         return self
-
-    def _with_state(self, state: TensorDict) -> MemoryPool:
-        pool = MemoryPool.__new__(MemoryPool)
-        pool.config, pool.state = self.config, state
-        return pool
 
     def _heading_bin(self, c2w: Tensor) -> Tensor:
         """(B, 4, 4) -> (B,) bin of the optical axis's heading about the global vertical (y, OpenCV)."""

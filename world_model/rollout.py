@@ -136,8 +136,9 @@ class Rollout:
         Fixed once every world has started; rollouts never grow it."""
         state = self._state()
         frames = state.pop("frames")
-        tensors = [*state.values(), *frames.values(), *self.memory.state.values(), *self.stream.cache.values()]
-        return sum(t.numel() * t.element_size() for t in tensors) + (self.cache.nbytes() if self.cache is not None else 0)
+        tensors = [*state.values(), *frames.values(), *self.stream.cache.values()]
+        tables = self.memory.nbytes() + (self.cache.nbytes() if self.cache is not None else 0)
+        return sum(t.numel() * t.element_size() for t in tensors) + tables
 
     def clone(self) -> Rollout:
         """An independent copy of every world (planners branch from it); shares the model."""

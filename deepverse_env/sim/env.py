@@ -212,13 +212,10 @@ class DeepVerseSimEnv(gym.Env):
             raise gym.error.ResetNeeded("call reset() before step()")
         i = check_action(action, len(self.actions))
         a = self.actions[i]
-        states, blocked = [], False
-        for _ in range(self.frames_per_step):
-            self._state, b = agent.advance(self.scene, self._state, a)
-            states.append(self._state)
-            blocked |= b
+        states, blocked = self._chunk(self._state, a)  # (F, 4)
+        self._state = states[-1]
         self._trajectory.extend(s[:2] for s in states)
-        frames = self._render_states(np.stack(states))
+        frames = self._render_states(states)
         obs = {k: v[-1] for k, v in frames.items()}
         after = frames_state({k: v[-1:] for k, v in frames.items()}, 1)  # (1,) the chunk's last frame
         self._td, reward, terminated = self.hooks.step(self._td, [i], after)
@@ -250,9 +247,7 @@ class DeepVerseSimEnv(gym.Env):
         for n in range(N):
             state = self._state
             for t in range(L):
-                for _ in range(self.frames_per_step):
-                    state, _ = agent.advance(self.scene, state, self.actions[a[n, t]])
-                states[n, t] = state
+                state = states[n, t] = self._chunk(state, self.actions[a[n, t]])[0][-1]
         frames = frames_state(self._frames(states.reshape(N * L, 4)), N * L).reshape(N, L)  # one ray-cast call
         return self.hooks.rollout(self._td.expand(N).clone(), torch.from_numpy(a).long(), frames)
 
@@ -263,6 +258,15 @@ class DeepVerseSimEnv(gym.Env):
 
     def _abs_pose(self, state: np.ndarray) -> np.ndarray:
         return agent.camera_pose(state, self.scene.eye_height).astype(np.float32)
+
+    def _chunk(self, state: np.ndarray, action) -> tuple[np.ndarray, bool]:
+        """The agent states (F, 4) of one action held for a chunk from ``state``, and whether a move was blocked."""
+        states, blocked = [], False
+        for _ in range(self.frames_per_step):
+            state, b = agent.advance(self.scene, state, action)
+            states.append(state)
+            blocked |= b
+        return np.stack(states), blocked
 
     def _render_states(self, states: np.ndarray) -> dict[str, np.ndarray]:
         """Frames of the agent states (F, 4) of a step, the last one kept for ``render``."""
