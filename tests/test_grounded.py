@@ -141,6 +141,11 @@ def test_refiner_stage_trains_only_the_refiner(tiny_episodes, tmp_path):
     assert {"refine/psnr", "refine/sharpness", "refine/psnr_decoded", "refine/render_cover"} <= set(metrics)
     with pytest.raises(ValueError, match="set model.render_cache: true"):
         RefinerModule(model=tiny_config())
+    for bad in ({"latent_noise": -0.1}, {"grad_weight": float("nan")}, {"edge_weight": -1.0}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 0"):
+            RefinerModule(model=tiny_config(render_cache=True), **bad)
+    with pytest.raises(ValueError, match="init_weights .*nowhere does not exist"):
+        RefinerModule(model=tiny_config(render_cache=True), init_weights=str(tmp_path / "nowhere"))
     plain = DeepVerse(tiny_config()).save_pretrained(tmp_path / "plain")
     loaded = RefinerModule(model=tiny_config(render_cache=True), init_weights=str(plain))
     assert torch.equal(loaded.model.dit.final.linear.weight, DeepVerse.from_pretrained(plain).dit.final.linear.weight)
