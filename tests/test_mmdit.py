@@ -125,6 +125,7 @@ def test_split_computation_equals_joint_masked_attention():
     perturb_zero_init(model)
     x = inputs(k=2)
     spatial_mask = torch.tensor([True, False])
+    x["spatial"][~spatial_mask] = 0  # encode_context zeroes an absent memory frame (its K/V rows are unused)
     with torch.no_grad():
         ref, ref_kv, _ = joint_forward(model, **x, spatial_mask=spatial_mask)
         ctx = model.encode_context(condition(x, spatial_mask))
@@ -161,6 +162,21 @@ def test_cached_context_reused_across_steps_is_unchanged():
         model.denoise(torch.randn_like(x["x_noisy"]), 0.3, ctx)
         again = model.denoise(x["x_noisy"], 0.7, ctx)
     torch.testing.assert_close(first, again, rtol=0, atol=0)
+
+
+def test_absent_memory_frame_holding_nan_changes_nothing():
+    """A world whose memory is empty (just restarted) sits in a batch with others: whatever its masked memory
+    frame holds, NaN included, its prediction and the others' stay finite and unchanged."""
+    model = MMDiT(tiny_config())
+    perturb_zero_init(model)
+    x = inputs(k=2)
+    mask = torch.tensor([True, False])
+    with torch.no_grad():
+        clean = model(x["x_noisy"], x["t"], condition(x, mask))
+        x["spatial"][1] = float("nan")
+        poisoned = model(x["x_noisy"], x["t"], condition(x, mask))
+    assert torch.isfinite(poisoned).all()
+    torch.testing.assert_close(poisoned, clean, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("mode", ["token", "channel"])

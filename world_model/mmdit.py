@@ -499,13 +499,16 @@ class MMDiT(nn.Module):
         video, conds, times = [], [], []  # token blocks (B, n, D), their (B, G, D) conditions, frame time indices
         if spatial is not None:
             S = self._check_frames("spatial", spatial, B)
+            present = spatial_mask.bool() if spatial_mask is not None else spatial.new_ones(B, dtype=torch.bool)
+            if present.shape != (B,):
+                raise ValueError(f"spatial_mask has shape {tuple(present.shape)}; expected ({B},)")
+            # An absent memory frame is masked out of attention; zero it too, so that whatever its rows hold
+            # (NaN included) cannot reach the other tokens through a zero attention weight (0 * NaN = NaN).
+            spatial = spatial.where(present[:, None, None, None, None], 0)
             ones = torch.ones(B, S, c.latent_channels, dtype=torch.bool, device=spatial.device)
             video.append(self._embed_frames(spatial, ones, SPATIAL))
             conds.append(clean[:, None].expand(B, S, -1))
             times += [-Th - 1] * S
-            present = spatial_mask.bool() if spatial_mask is not None else spatial.new_ones(B, dtype=torch.bool)
-            if present.shape != (B,):
-                raise ValueError(f"spatial_mask has shape {tuple(present.shape)}; expected ({B},)")
             key_mask.append(present[:, None].expand(B, S * self.patches))
         noisy_cond = y  # (B, D) what the noisy tokens' modulation adds to their time embedding
         history_tokens = None

@@ -315,9 +315,13 @@ class Rollout:
              "pose": G.unscale_poses(c2w, self.unit), "intrinsics": K},
             [self.B],
         )
+        # Worlds with an empty pool (just restarted) get a stand-in: their own current camera, so nothing
+        # is normalised by the zero pose of an empty slot; the model masks them out anyway.
+        frame["pose"] = torch.where(found[:, None, None], frame["pose"], last)
         states = normalize_frames(frame[:, None], self.anchor, self.scale)
         with self._net():
-            return self.model.encode(states).float(), found
+            latent = self.model.encode(states).float()  # (B, 1, C, h, w)
+        return latent.where(found[:, None, None, None, None], 0), found
 
     def _frame_count(self) -> Tensor:
         return 1 + (self.length - 1) * self.tf  # (B,)
