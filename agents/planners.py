@@ -138,12 +138,14 @@ class Planner(ABC):
 
 class CEM(Planner):
     """The cross-entropy method: the distribution moves to the action frequencies of the ``elites`` best
-    sequences of each round; the plan is the best sequence imagined. Other arguments: ``Planner``'s."""
+    sequences of each round (default: a quarter of the population); the plan is the best sequence imagined.
+    Other arguments: ``Planner``'s."""
 
     name = "cem"
 
-    def __init__(self, horizon: int = 8, population: int = 64, iterations: int = 3, elites: int = 8, **kwargs):
-        self.elites = check_positive_int(elites, "elites")
+    def __init__(self, horizon: int = 8, population: int = 64, iterations: int = 3, elites: int | None = None, **kwargs):
+        population = check_positive_int(population, "population")
+        self.elites = max(1, population // 4) if elites is None else check_positive_int(elites, "elites")
         if self.elites > population:
             raise ValueError(f"elites must be at most population ({population!r}), got {elites!r}")
         super().__init__(horizon, population, iterations, **kwargs)

@@ -6,6 +6,9 @@
     deepverse bench env [--checkpoint DIR] [--out FILE]   DeepVerse-v0 steps/s, single and batched, vs the simulator
     deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
     deepverse eval [--checkpoint DIR] [--seeds A:B] [--frames N] [--out DIR]   rollouts vs the simulator, per horizon
+    deepverse agents train --world learned|sim --steps N --out DIR   SB3 PPO on a task, in imagination or the simulator
+    deepverse agents eval --agents random cem ... --episodes N       agents on held-out task seeds, judged in the simulator
+    deepverse play [--sim] [--checkpoint DIR] [--seed S] [--scale N] [--max-steps N]   keyboard play in a pygame window
 
 Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func`` to the function that runs it; ``build_parser`` lists them.
@@ -263,6 +266,48 @@ def add_eval(subparsers) -> None:
     p.set_defaults(func=run_eval, indent=1)
 
 
+def run_play(args: argparse.Namespace) -> dict:
+    """Keyboard play in a pygame window; the summary is what ``main`` prints. No pygame is a clean error."""
+    import gymnasium as gym
+
+    from deepverse_env.play import play
+
+    try:
+        return play(
+            sim=args.sim, checkpoint=args.checkpoint, seed=args.seed, action_set=args.action_set,
+            render_cache=not args.no_render_cache, scale=args.scale, max_steps=args.max_steps,
+        )
+    except gym.error.DependencyNotInstalled as e:
+        raise ValueError(str(e)) from None
+
+
+def add_play(subparsers) -> None:
+    p = subparsers.add_parser(
+        "play",
+        help="walk through the learned world (or the simulator) with the keyboard in a pygame window",
+        description="Open DeepVerse-v0 (or with --sim DeepVerseSim-v0) and show its panel (RGB | depth | top-down map) "
+        "in a pygame window, with the last action's sentence, the step count and the measured steps/s and frames/s "
+        "under it. Each key press is one env step. Keys: arrows or W/A/S/D forward, backward, turn left, turn right; "
+        "Q/E strafe left/right; R/F look up/down (when the action set has them); space stay; Backspace reset (a new "
+        "world); Escape or closing the window quit. Needs pygame (pip install pygame, or the \"human\" extra). "
+        "Prints a JSON summary (steps, resets, mean steps/s) at the end.",
+    )
+    p.add_argument("--sim", action="store_true", help="play the exact simulator instead of the learned world")
+    p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    p.add_argument("--seed", type=int, default=0, help="world seed of the first reset (default 0)")
+    p.add_argument("--action-set", default="basic", help="basic, deepverse or full (default basic)")
+    p.add_argument("--no-render-cache", action="store_true", help="learned world: no 3D-cache refinement")
+    p.add_argument("--scale", type=int, default=4, help="screen pixels per frame pixel (default 4)")
+    p.add_argument("--max-steps", type=int, help="quit after this many steps (default: no limit)")
+    p.set_defaults(func=run_play, indent=1)
+
+
+def add_agents(subparsers) -> None:
+    from agents.cli import add_agents as add
+
+    add(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepverse", description="DeepVerse world model and simulator tools.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -270,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(subparsers)
     add_demo(subparsers)
     add_eval(subparsers)
+    add_agents(subparsers)
+    add_play(subparsers)
     return parser
 
 
@@ -279,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        parser.exit(2, f"deepverse {args.command}: error: {e}\n")
+        command = " ".join(filter(None, [args.command, getattr(args, "agents_command", None)]))
+        parser.exit(2, f"deepverse {command}: error: {e}\n")
     text = json.dumps(result, indent=getattr(args, "indent", None))
     if getattr(args, "json_out", None):
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

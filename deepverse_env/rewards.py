@@ -377,3 +377,27 @@ def start_state(state: TensorDict | None, rows: Tensor, first: TensorDict) -> Te
     for key in list(state.keys()):
         state[key][rows] = first[key] if key in first.keys() else 0
     return state
+
+
+class PerWorldHooks(Hooks):
+    """One ``Hooks`` per world of a batched env (B of them): each world's transitions are scored by its
+    own hooks (a task with a goal per world), through the same ``Hooks.step``. Worlds' hooks must keep
+    the same state entries (e.g. the same task with different goals). ``worlds[i]`` may be replaced when
+    world i starts a new episode.
+    """
+
+    def __init__(self, worlds: Sequence[Hooks]):
+        worlds = list(worlds)
+        if not worlds or not all(isinstance(h, Hooks) for h in worlds):
+            raise ValueError(f"PerWorldHooks needs a non-empty list of Hooks, got {worlds!r}")
+        super().__init__()
+        self.worlds = worlds
+
+    def step(self, state: TensorDict, action, after: TensorDict) -> tuple[TensorDict, Tensor, Tensor]:
+        B = state.batch_size[0]
+        if B != len(self.worlds):
+            raise ValueError(f"PerWorldHooks holds hooks for {len(self.worlds)} worlds, got a batch of {B}")
+        action = torch.as_tensor(action, dtype=torch.long, device=state.device)
+        parts = [h.step(state[i : i + 1], action[i : i + 1], after[i : i + 1]) for i, h in enumerate(self.worlds)]
+        states, rewards, dones = zip(*parts)
+        return torch.cat(states), torch.cat(rewards), torch.cat(dones)

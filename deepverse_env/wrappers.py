@@ -8,6 +8,12 @@ from gymnasium import spaces
 from world_model.state import FRAME_KEYS
 
 
+def rgbd(rgb: np.ndarray, depth: np.ndarray, near: float = 0.5) -> np.ndarray:
+    """(..., H, W, 4) uint8: RGB, then inverse depth ``255 * min(1, near / depth)`` (``SB3Observation``'s image)."""
+    inverse = np.minimum(1.0, near / depth)  # (..., H, W, 1) in (0, 1]
+    return np.concatenate([rgb, np.round(255 * inverse).astype(np.uint8)], axis=-1)
+
+
 class SB3Observation(gym.ObservationWrapper):
     """DeepVerse observations for stable-baselines3's ``MultiInputPolicy``, no custom policy needed.
 
@@ -51,10 +57,9 @@ class SB3Observation(gym.ObservationWrapper):
         )
 
     def observation(self, obs: dict) -> dict:
-        inverse = np.minimum(1.0, self.near / obs["depth"])  # (H, W, 1) in (0, 1]
         K = obs["intrinsics"]
         return {
-            "rgbd": np.concatenate([obs["rgb"], np.round(255 * inverse).astype(np.uint8)], axis=-1),
+            "rgbd": rgbd(obs["rgb"], obs["depth"], self.near),
             "pose": obs["pose"][:3].reshape(12).astype(np.float32),
             "intrinsics": np.array([K[0, 0], K[1, 1], K[0, 2], K[1, 2]], dtype=np.float32) / self.size,
             **{k: obs[k] for k in self.extra},
