@@ -20,6 +20,8 @@ hooks; ``make_reward`` / ``make_termination`` build them from names (so configs 
 ``Hooks`` is the one code path that scores: ``DeepVerseSim-v0``, ``DeepVerse-v0`` and both envs'
 ``imagine`` build the transition, call the hooks and carry their state entries with it (``start_state``
 zeroes them when a world restarts), so a task means the same in the true world and in imagination.
+``PerWorldHooks`` gives each world of a batched env its own ``Hooks`` (a goal per world, as
+``agents.rl.TaskVecEnv`` trains PPO on), scoring each world through the same ``Hooks.step``.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ PYEOF
 stage() {  # stage CONFIG RUN EXPORT [extra args...]
   local config="$1" run="$2" export="$3"; shift 3
   local n; n="$(steps "$config")"
+  [ -f "$RUNS/$run/checkpoints/last.ckpt" ] && set -- "$@" --ckpt_path last  # a second run resumes the stage
   "$PY/deepverse-train" fit --config "$config" --data.data_dir "$DATA" --trainer.default_root_dir "$RUNS/$run" \
     --trainer.accelerator "$ACCEL" --trainer.devices 1 --trainer.precision "$PRECISION" --trainer.max_steps "$n" \
     --trainer.val_check_interval "$(( n < 8 ? n : n / 4 ))" --trainer.enable_progress_bar false "$@"

@@ -284,6 +284,9 @@ def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
     assert torch.load(ckpt, weights_only=True)["global_step"] == 2
     assert list(run.glob("checkpoints/best-*.ckpt")) and list(run.glob("csv/version_0/metrics.csv"))
     assert list(run.glob("tensorboard/version_0/events.*"))
+    with pytest.raises(ValueError, match="last.ckpt exists: resume that run with --ckpt_path last"):
+        cli(monkeypatch, *base)  # a fresh fit would write last-v1.ckpt beside the old run's last.ckpt
+    assert sorted(p.name for p in run.glob("checkpoints/last*.ckpt")) == ["last.ckpt"]
     cli(monkeypatch, *base, "--ckpt_path", "last", "--trainer.max_steps", "3")
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
     cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "export"))

@@ -104,6 +104,15 @@ class DeepVerseCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "best_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "trainer.logger", compute_fn=_loggers)
 
+    def before_fit(self) -> None:
+        """Refuse a fresh fit into a run directory that holds ``last.ckpt``: Lightning would write ``last-v1.ckpt``
+        beside it, and ``export --ckpt .../last.ckpt`` would then silently give the old run's model."""
+        last = os.path.join(_checkpoint_dir(self.trainer.default_root_dir), "last.ckpt")
+        if self.config["fit"]["ckpt_path"] is None and os.path.exists(last):
+            raise ValueError(
+                f"{last} exists: resume that run with --ckpt_path last, or train into another --trainer.default_root_dir"
+            )
+
     def after_instantiate_classes(self) -> None:
         self.model.check_data(self.datamodule.recording)  # before prepare_data records a mismatched dataset
 
