@@ -139,3 +139,24 @@ def test_a_slide_rescales_from_the_depth_not_from_a_few_outlier_pixels(tiny_mode
         ratio[quantile] = float(r.scale[0]) / start
     assert ratio[0.0] <= 4.0**-3 * 1.001, ratio  # anchored on the outliers: max_rescale smaller every slide
     assert ratio[0.01] > 4.0**2 * ratio[0.0], ratio
+
+
+def test_worlds_at_different_window_lengths_share_one_model_call(tiny_model, monkeypatch):
+    """Windows of length m and longer give the MM-DiT the same history length: one call for all of them,
+    however far each window has grown (a restarted world used to split the batch by window length)."""
+    r = make(tiny_model, 3, seed=1, cache_max=6)
+    r.reset(*first_frames(3))
+    for _ in range(2):
+        r.step(WALK[:3])
+    mask = torch.tensor([True, False, False])
+    r.reset(*(x[:1] for x in first_frames(3)), mask=mask)  # world 0 restarts: lengths (1, 3, 3)
+    for _ in range(3):
+        r.step(WALK[:3])
+    assert r.length.tolist() == [4, 6, 6] and tiny_model.history_frames == 4
+    calls = []
+    original = tiny_model.next_latent
+    monkeypatch.setattr(tiny_model, "next_latent", lambda history, *a, **k: calls.append(history.shape[1]) or original(history, *a, **k))
+    chunk = r.step(WALK[:3])
+    assert calls == [4]  # one call with 4 history frames for windows of 4, 6 and 6
+    assert r.length.tolist() == [5, 4, 4]  # world 0 grew, worlds 1 and 2 slid (keep 4)
+    assert all(torch.isfinite(chunk[k].float()).all() for k in ("depth", "pose", "intrinsics"))

@@ -263,17 +263,18 @@ class Rollout:
             raise RuntimeError("call reset() before step(): some worlds were never started")
         spatial, found = self._spatial()
         chunk = self._blank_frames(self.tf)
-        groups = [(n, (self.length == n).nonzero()[:, 0]) for n in self.length.unique().tolist()]
-        for n, idx in groups:  # worlds at the same window length share one model call
+        for th, idx in self._history_groups():  # worlds whose histories are equally long share one model call
+            n = self.length[idx]  # (b,) their window lengths
+            frame = (n - th)[:, None] + torch.arange(th, device=self.device)  # (b, th) the last th latents
             with self._net():
                 new = self.model.next_latent(
-                    self.latents[idx, :n], [sentences[i] for i in idx.tolist()],
+                    self.latents[idx[:, None], frame], [sentences[i] for i in idx.tolist()],
                     None if spatial is None else spatial[idx], None if found is None else found[idx],
                     sampler=self.config.sampler, generator=self.generator,
                 ).float()  # (b, 1, C, h, w)
                 stream = self.stream.select(idx)
                 decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
-            K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1 : n], new], dim=1))
+            K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
             new_frames = to_frames(
                 decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
             )  # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame
@@ -281,11 +282,21 @@ class Rollout:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
             self.stream.update(idx, stream)
-            T = 1 + (n - 1) * self.tf
-            self._append(idx, n, new, torch.cat([self.frames[idx, :T], new_frames], dim=1))  # (b, T + tf)
+            for length in n.unique().tolist():  # windows grow (or slide) by their own length
+                rows = (n == length).nonzero()[:, 0]
+                T = 1 + (length - 1) * self.tf
+                frames = torch.cat([self.frames[idx[rows], :T], new_frames[rows]], dim=1)  # (b', T + tf)
+                self._append(idx[rows], length, new[rows], frames)
             if self.cache is not None:
                 self.cache.add(new_frames[:, -1], idx)  # the chunk's keyframe joins the 3D cache
         return chunk
+
+    def _history_groups(self) -> list[tuple[int, Tensor]]:
+        """Worlds grouped by the history the MM-DiT takes from their windows, the last min(n, m) latents
+        (``DeepVerse.history``), so windows of length m and longer share one call and a restarted world no
+        longer splits the batch by every window length. Returns (history length, world indices) pairs."""
+        th = self.length.clamp(max=self.model.history_frames)  # (B,)
+        return [(t, (th == t).nonzero()[:, 0]) for t in th.unique().tolist()]
 
     def _refine(self, idx: Tensor, frames: TensorDict) -> Tensor:
         """The refiner's colours (b, tf, H, W, 3) uint8 of decoded frames (b, tf), given the 3D cache rendered
