@@ -238,6 +238,29 @@ def latest_checkpoint(out: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+class RecordedCheckpoints(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` (``ppo_<steps>_steps.zip``) that also keeps ``train.json`` current with each
+    save: the settings, the steps done and the wall time of every session so far (a killed run keeps its)."""
+
+    def __init__(self, record: Path, settings: dict, previous_wall: float, save_freq: int, path: str):
+        super().__init__(save_freq, path, name_prefix="ppo")
+        self.record, self.settings, self.previous_wall = record, settings, previous_wall
+        self.started = time.perf_counter()
+
+    def write(self, steps_done: int) -> None:
+        wall = self.previous_wall + time.perf_counter() - self.started
+        self.record.write_text(json.dumps({
+            "settings": self.settings, "steps_done": int(steps_done), "wall_s": round(wall, 1),
+            "torch_threads": torch.get_num_threads(),
+        }, indent=2))
+
+    def _on_step(self) -> bool:
+        keep_going = super()._on_step()
+        if self.n_calls % self.save_freq == 0:
+            self.write(self.num_timesteps)
+        return keep_going
+
+
 def train_ppo(
     task, world: str, steps: int, out: str | Path, num_envs: int = 8, seed: int = 0, keys=(), save_every: int = 2048,
     progress_bar: bool = True, ppo: dict | None = None, checkpoint=None, **config,
@@ -246,9 +269,9 @@ def train_ppo(
 
     Writes ``out/checkpoints/ppo_<steps>_steps.zip`` every ``save_every`` steps (SB3's
     ``CheckpointCallback``), ``out/ppo.zip`` at the end and ``out/train.json`` (the arguments, steps done,
-    wall time). A call whose ``out`` holds checkpoints loads the latest and trains the remaining steps
-    (``reset_num_timesteps=False``: the same step count, schedule and logs); one that finds ``ppo.zip``
-    with ``steps`` done returns at once.
+    wall time over every session, updated with each checkpoint). A call whose ``out`` holds checkpoints
+    loads the latest and trains the remaining steps (``reset_num_timesteps=False``: the same step count,
+    schedule and logs); one that finds ``ppo.zip`` with ``steps`` done returns at once.
 
     Args:
         task, world, num_envs, seed, keys, checkpoint, **config: ``TaskVecEnv``'s.
@@ -263,12 +286,30 @@ def train_ppo(
     settings = dict(task=task.name if isinstance(task, Task) else task, world=world, steps=steps, num_envs=num_envs, seed=seed, keys=list(keys),
                     ppo=ppo or {}, checkpoint=None if checkpoint is None else str(checkpoint), config=config)
     record = out / "train.json"
+    previous_wall = 0.0
     if record.exists():
         done = json.loads(record.read_text())
         if {k: done["settings"].get(k) for k in settings if k != "steps"} != {k: v for k, v in settings.items() if k != "steps"}:
             raise ValueError(f"{out} holds a run with other settings ({done['settings']}); use another --out")
         if done.get("steps_done", 0) >= steps and (out / "ppo.zip").exists():
             return out / "ppo.zip"
+        previous_wall = float(done.get("wall_s", 0.0))
+    venv = TaskVecEnv(task, world, num_envs, seed, keys, checkpoint=checkpoint, **config)
+    venv.seed(seed)
+    resume = latest_checkpoint(out)
+    arguments = {"n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 0.95, "ent_coef": 0.01, **(ppo or {})}
+    if resume is not None:
+        model = PPO.load(resume, env=venv, device="cpu")
+    else:
+        model = PPO("MultiInputPolicy", venv, seed=seed, device="cpu", verbose=0, **arguments)
+    out.mkdir(parents=True, exist_ok=True)
+    saver = RecordedCheckpoints(record, settings, previous_wall, max(1, save_every // num_envs), str(out / "checkpoints"))
+    saver.write(model.num_timesteps)
+    if steps > model.num_timesteps:
+        model.learn(steps - model.num_timesteps, callback=saver, progress_bar=progress_bar, reset_num_timesteps=resume is None)
+    model.save(out / "ppo.zip")
+    saver.write(model.num_timesteps)
+    return out / "ppo.zip"
     venv = TaskVecEnv(task, world, num_envs, seed, keys, checkpoint=checkpoint, **config)
     venv.seed(seed)
     resume = latest_checkpoint(out)

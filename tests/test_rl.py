@@ -116,10 +116,12 @@ def test_train_ppo_resumes_from_its_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     train_ppo(SHORT, "sim", 16, out, num_envs=2, save_every=8, progress_bar=False, ppo=TINY_PPO)
     assert latest_checkpoint(out).name == "ppo_16_steps.zip"
-    assert json.loads((out / "train.json").read_text())["steps_done"] == 16
+    first = json.loads((out / "train.json").read_text())
+    assert first["steps_done"] == 16 and first["wall_s"] > 0
     path = train_ppo(SHORT, "sim", 32, out, num_envs=2, save_every=8, progress_bar=False, ppo=TINY_PPO)
     record = json.loads((out / "train.json").read_text())
     assert record["steps_done"] == 32 and latest_checkpoint(out).name == "ppo_32_steps.zip"
+    assert record["wall_s"] > first["wall_s"]  # the sessions' wall times add up
     assert path == out / "ppo.zip" and path.is_file()
     with pytest.raises(ValueError, match="other settings"):
         train_ppo(SHORT, "sim", 32, out, num_envs=4, save_every=8, progress_bar=False, ppo=TINY_PPO)
