@@ -12,14 +12,86 @@
 
 Each subcommand is an ``add_<name>(subparsers)`` function that declares its arguments and sets
 ``func`` to the function that runs it; ``build_parser`` lists them.
+
+Errors: a bad argument is argparse's one-line error (counts are checked by the ``positive_int``-style
+types); an expected failure of a command (``EXPECTED``: a bad value, a missing or unwritable file, a
+missing optional package, a task that cannot be drawn, ...) is one line ``deepverse <command>: error:
+...`` and exit status 2 (130 when interrupted). ``deepverse --debug ...`` (or ``--debug`` after the
+command) re-raises instead, with the full traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import linecache
 import os
+import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+
+PROJECT = ("deepverse_env", "agents", "world_model")  # packages whose RuntimeErrors are expected failures
+
+
+# ---- argument types: argparse turns their ArgumentTypeError into its one-line usage error ------------
+
+
+def at_least(lo: int, what: str | None = None):
+    """An argparse type: an integer >= ``lo`` (``what`` says so in its error)."""
+    what = what or f"an integer >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = at_least(1, "a positive integer")
+non_negative_int = at_least(0, "a non-negative integer")
+
+
+def field_of_view(text: str) -> float:
+    """An argparse type: degrees in (0, 180)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 180.0:
+        raise argparse.ArgumentTypeError(f"must be degrees in (0, 180), got {text!r}")
+    return value
+
+
+@contextmanager
+def output_dir(path: Path, what: str = "--out"):
+    """Create the output folder ``path`` and check that a file can be written in it, before any work; on a
+    failure (here or in the body) the folders this created are removed again while still empty.
+    ValueError naming the folder when it cannot be created or written to."""
+    path = Path(path)
+    created = []  # the folders this made, deepest last
+    for folder in reversed([path, *path.parents]):
+        if not folder.exists():
+            created.append(folder)
+    try:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".deepverse-write-test-"):
+                pass
+        except OSError as e:
+            raise ValueError(f"{what} {str(path)!r} is not a writable folder ({e.strerror or e})") from None
+        yield path
+    except BaseException:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()  # only when empty: nothing the body wrote is lost
+            except OSError:
+                break
+        raise
 
 
 def bench_sim(args: argparse.Namespace) -> dict:
@@ -34,7 +106,7 @@ def bench_sim(args: argparse.Namespace) -> dict:
     from deepverse_env.sim.world import SceneConfig
     from world_model.geometry import default_intrinsics
 
-    H, W, F = args.height, args.width, args.frames_per_step
+    H, W, F = args.height, args.width, args.frames_per_step  # argparse checked them (>= 1; --steps >= 2)
     rng = np.random.default_rng(0)
 
     def timed(fn, repeats: int) -> float:
@@ -135,12 +207,14 @@ def add_bench(subparsers) -> None:
     targets = bench.add_subparsers(dest="target", metavar="TARGET", required=True)
     sim = targets.add_parser("sim", help="simulator frames per second (render, single env, vector env)")
     sim.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
-    sim.add_argument("--height", type=int, default=64)
-    sim.add_argument("--width", type=int, default=64)
-    sim.add_argument("--frames-per-step", type=int, default=4)
-    sim.add_argument("--steps", type=int, default=100, help="env steps timed for the single env")
-    sim.add_argument("--render-batches", type=int, nargs="+", default=[1, 64], help="cameras per raw render call")
-    sim.add_argument("--num-envs", type=int, nargs="+", default=[16, 64], help="worlds of the vector envs timed")
+    sim.add_argument("--height", type=positive_int, default=64)
+    sim.add_argument("--width", type=positive_int, default=64)
+    sim.add_argument("--frames-per-step", type=positive_int, default=4)
+    sim.add_argument(
+        "--steps", type=at_least(2), default=100, help="env steps for the single env (>= 2: a warm-up, then timed)"
+    )
+    sim.add_argument("--render-batches", type=positive_int, nargs="+", default=[1, 64], help="cameras per raw render call")
+    sim.add_argument("--num-envs", type=positive_int, nargs="+", default=[16, 64], help="worlds of the vector envs timed")
     sim.set_defaults(func=bench_sim)
     model = targets.add_parser(
         "model",
@@ -149,9 +223,9 @@ def add_bench(subparsers) -> None:
     )
     model.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
     model.add_argument("--preset", default="tiny", help="MM-DiT preset (default tiny)")
-    model.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="rollouts side by side")
-    model.add_argument("--chunks", type=int, default=2, help="chunks rolled out per timed run (default 2)")
-    model.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best and median)")
+    model.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 16], help="rollouts side by side")
+    model.add_argument("--chunks", type=positive_int, default=2, help="chunks rolled out per timed run (default 2)")
+    model.add_argument("--repeats", type=positive_int, default=3, help="timed runs per figure (best and median)")
     model.set_defaults(func=bench_model)
     env = targets.add_parser(
         "env",
@@ -160,8 +234,8 @@ def add_bench(subparsers) -> None:
     )
     env.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
     env.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
-    env.add_argument("--num-envs", type=int, default=16, help="worlds in the batched env (default 16)")
-    env.add_argument("--steps", type=int, default=20, help="env steps timed for the single env (default 20)")
+    env.add_argument("--num-envs", type=positive_int, default=16, help="worlds in the batched env (default 16)")
+    env.add_argument("--steps", type=positive_int, default=20, help="env steps timed for the single env (default 20)")
     env.set_defaults(func=bench_env)
 
 
@@ -170,18 +244,19 @@ def run_collect(args: argparse.Namespace) -> dict:
     import deepverse_env  # noqa: F401  (registers the envs)
     from deepverse_env.collect import collect
 
-    return collect(
-        args.out,
-        episodes=args.episodes,
-        steps=args.steps,
-        seed=args.seed,
-        frames_per_step=args.frames_per_step,
-        height=args.height,
-        width=args.width,
-        fov_deg=args.fov,
-        num_envs=args.num_envs,
-        progress=not args.no_progress,
-    )
+    with output_dir(args.out) as out:  # an unwritable --out fails now, not after simulating a group
+        return collect(
+            out,
+            episodes=args.episodes,
+            steps=args.steps,
+            seed=args.seed,
+            frames_per_step=args.frames_per_step,
+            height=args.height,
+            width=args.width,
+            fov_deg=args.fov,
+            num_envs=args.num_envs,
+            progress=not args.no_progress,
+        )
 
 
 def add_collect(subparsers) -> None:
@@ -193,14 +268,14 @@ def add_collect(subparsers) -> None:
         "SEED + i; episodes already in DIR are kept, so an interrupted run resumes.",
     )
     p.add_argument("--out", type=Path, required=True, help="dataset directory")
-    p.add_argument("--episodes", type=int, required=True, help="number of episodes")
-    p.add_argument("--steps", type=int, required=True, help="env steps (chunks) per episode")
-    p.add_argument("--seed", type=int, default=0, help="world seed of episode 0 (default 0)")
-    p.add_argument("--frames-per-step", type=int, default=4, help="frames per chunk (default 4)")
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--fov", type=float, default=75.0, help="horizontal field of view, degrees")
-    p.add_argument("--num-envs", type=int, default=16, help="worlds simulated at once (default 16)")
+    p.add_argument("--episodes", type=positive_int, required=True, help="number of episodes")
+    p.add_argument("--steps", type=positive_int, required=True, help="env steps (chunks) per episode")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="world seed of episode 0 (default 0)")
+    p.add_argument("--frames-per-step", type=positive_int, default=4, help="frames per chunk (default 4)")
+    p.add_argument("--height", type=positive_int, default=64)
+    p.add_argument("--width", type=positive_int, default=64)
+    p.add_argument("--fov", type=field_of_view, default=75.0, help="horizontal field of view, degrees in (0, 180)")
+    p.add_argument("--num-envs", type=positive_int, default=16, help="worlds simulated at once (default 16)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_collect, indent=1)
 
@@ -209,10 +284,12 @@ def run_demo(args: argparse.Namespace) -> dict:
     """The learned world beside the simulator; the summary is what ``main`` prints."""
     from deepverse_env.demo import run_demo as demo
 
-    return demo(
-        args.out, checkpoint=args.checkpoint, image=args.image, actions=args.actions, steps=args.steps,
-        seed=args.seed, action_set=args.action_set, render_cache=not args.no_render_cache, progress=not args.no_progress,
-    )
+    with output_dir(args.out) as out:
+        return demo(
+            out, checkpoint=args.checkpoint, image=args.image, actions=args.actions, steps=args.steps,
+            seed=args.seed, action_set=args.action_set, render_cache=not args.no_render_cache,
+            progress=not args.no_progress,
+        )
 
 
 def add_demo(subparsers) -> None:
@@ -227,9 +304,9 @@ def add_demo(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--image", type=Path, help="start from this picture (first-frame completion; no ground truth)")
     p.add_argument("--actions", help='comma-separated action names, e.g. "forward,forward,turn_left" (default: the tour)')
-    p.add_argument("--steps", type=int, help="env steps; the script repeats to fill them (default: its length)")
+    p.add_argument("--steps", type=positive_int, help="env steps; the script repeats to fill them (default: its length)")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output directory (default ./demo)")
-    p.add_argument("--seed", type=int, default=0, help="simulator world and sampler seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="simulator world and sampler seed (default 0)")
     p.add_argument("--action-set", default="basic", help="action set the names come from (default basic)")
     p.add_argument("--no-render-cache", action="store_true", help="the paper's path: no 3D-cache refinement")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -240,10 +317,11 @@ def run_eval(args: argparse.Namespace) -> dict:
     """Open-loop rollouts against the simulator; the summary is what ``main`` prints."""
     from deepverse_env.evaluate import run_eval as evaluate
 
-    return evaluate(
-        args.out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
-        compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
-    )
+    with output_dir(args.out) as out:
+        return evaluate(
+            out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
+            compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
+        )
 
 
 def add_eval(subparsers) -> None:
@@ -257,28 +335,26 @@ def add_eval(subparsers) -> None:
     )
     p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")
-    p.add_argument("--frames", type=int, default=60, help="horizon in frames, a multiple of the chunk (default 60)")
+    p.add_argument(
+        "--frames", type=positive_int, default=60, help="horizon in frames, a multiple of the chunk (default 60)"
+    )
     p.add_argument("--starts", nargs="+", default=["4d", "image"], help="4d and/or image (default both)")
     p.add_argument("--no-paper-path", action="store_true", help="skip the paper path (no 3D cache) comparison")
-    p.add_argument("--seed", type=int, default=0, help="seed of the action scripts (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the action scripts (default 0)")
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval, indent=1)
 
 
 def run_play(args: argparse.Namespace) -> dict:
-    """Keyboard play in a pygame window; the summary is what ``main`` prints. No pygame is a clean error."""
-    import gymnasium as gym
-
+    """Keyboard play in a pygame window; the summary is what ``main`` prints. No pygame is a clean error
+    (``DependencyNotInstalled`` is an expected failure of ``main``)."""
     from deepverse_env.play import play
 
-    try:
-        return play(
-            sim=args.sim, checkpoint=args.checkpoint, seed=args.seed, action_set=args.action_set,
-            render_cache=not args.no_render_cache, scale=args.scale, max_steps=args.max_steps,
-        )
-    except gym.error.DependencyNotInstalled as e:
-        raise ValueError(str(e)) from None
+    return play(
+        sim=args.sim, checkpoint=args.checkpoint, seed=args.seed, action_set=args.action_set,
+        render_cache=not args.no_render_cache, scale=args.scale, max_steps=args.max_steps,
+    )
 
 
 def add_play(subparsers) -> None:
@@ -308,8 +384,23 @@ def add_agents(subparsers) -> None:
     add(subparsers)
 
 
+DEBUG_HELP = "on a failure, raise it with the full traceback instead of the one-line error"
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every command's parser too (``deepverse collect ... --debug``), leaving the top-level
+    value alone unless given (argparse copies a subparser's defaults over the parent's)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                _add_debug(sub)
+            return
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepverse", description="DeepVerse world model and simulator tools.")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_collect(subparsers)
     add_bench(subparsers)
@@ -317,19 +408,56 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval(subparsers)
     add_agents(subparsers)
     add_play(subparsers)
+    for sub in set(subparsers.choices.values()):
+        _add_debug(sub)
     return parser
+
+
+def expected(e: BaseException) -> bool:
+    """Whether ``e`` is a failure a user can cause and fix (one line, exit 2) rather than a bug (traceback):
+    ValueError (bad values, malformed files: ``EpisodeError``, ``JSONDecodeError``), OSError (missing,
+    unreadable or unwritable files, a full disk), a missing optional package (``DependencyNotInstalled``,
+    ImportError), out of GPU memory, and RuntimeErrors the project raises itself (e.g. a task that finds no
+    goal in any world). A RuntimeError from inside torch or another library is a bug: traceback."""
+    import gymnasium as gym
+
+    if isinstance(e, (ValueError, OSError, ImportError, gym.error.DependencyNotInstalled)):
+        return True
+    if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch here
+        return True
+    if isinstance(e, RuntimeError) and not isinstance(e, NotImplementedError):
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None:
+            return False
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+        return module.split(".")[0] in PROJECT and line.startswith("raise ")  # not torch failing inside our code
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    words = [args.command, getattr(args, "agents_command", None), getattr(args, "target", None)]
+    command = " ".join(filter(None, words))
+    json_out = getattr(args, "json_out", None)
     try:
-        result = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        command = " ".join(filter(None, [args.command, getattr(args, "agents_command", None)]))
-        parser.exit(2, f"deepverse {command}: error: {e}\n")
+        # a bench's --out FILE: its folder must be writable before the measurement, not after
+        with output_dir(json_out.parent, "the folder of --out") if json_out else nullcontext():
+            result = args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        parser.exit(130, f"deepverse {command}: interrupted\n")
+    except Exception as e:
+        if args.debug or not expected(e):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__  # one line
+        parser.exit(2, f"deepverse {command}: error: {message}\n")
     text = json.dumps(result, indent=getattr(args, "indent", None))
-    if getattr(args, "json_out", None):
+    if json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(text + os.linesep)
     print(text)

@@ -5,11 +5,18 @@ ray-cast per frame); every chunk is captioned from the camera motion *measured* 
 (``geometry.caption_from_motion``), not from the key pressed, so blocked moves and clamped pitch get
 truthful captions. Each episode is written atomically (``world_model.episodes.write_episode``);
 re-running with the same arguments skips episodes already on disk and resumes.
+
+Episode i's content depends only on its world seed ``seed + i`` and the recording arguments: the
+exploration policy draws from a generator seeded per episode (``policy_rng``), so neither ``num_envs``
+nor where an interrupted run was killed changes what a resumed run records. The dataset directory's
+``dataset.json`` (``world_model.episodes.write_recording``, written before the first episode) records the
+arguments, and a later collect into it with other ones is refused.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,15 @@ from tqdm.auto import tqdm
 
 from deepverse_env.actions import caption_thresholds, get_action_set
 from world_model import geometry as G
-from world_model.episodes import EpisodeClips, ClipConfig, episode_dir, remove_partial, write_episode
+from world_model.episodes import (
+    ClipConfig,
+    EpisodeClips,
+    check_recording,
+    episode_dir,
+    remove_partial,
+    write_episode,
+    write_recording,
+)
 from world_model.text import PITCHES, SENTENCES, TRANSLATIONS, YAWS
 
 
@@ -36,17 +51,34 @@ class ExplorationConfig:
     mean_run: float = 3.0  # mean number of steps a motion persists (geometric)
 
 
-class ExplorationPolicy:
-    """Persistent random motion over the ``full`` action set, for ``n`` worlds at once."""
+def policy_rng(world_seed: int) -> np.random.Generator:
+    """The exploration policy's generator for the episode of world ``world_seed`` (a stream apart from the
+    world's own seeding; negative seeds allowed)."""
+    return np.random.default_rng([0xE5910E, int(world_seed) % 2**64])
 
-    def __init__(self, n: int, rng: np.random.Generator, config: ExplorationConfig = ExplorationConfig()):
-        self.n, self.rng, self.config = n, rng, config
+
+class ExplorationPolicy:
+    """Persistent random motion over the ``full`` action set, for ``n`` worlds at once.
+
+    ``rng`` is one generator per world (each world's motion then depends on its generator alone) or one
+    shared by all."""
+
+    def __init__(
+        self,
+        n: int,
+        rng: np.random.Generator | Sequence[np.random.Generator],
+        config: ExplorationConfig = ExplorationConfig(),
+    ):
+        rngs = [rng] * n if isinstance(rng, np.random.Generator) else list(rng)
+        if len(rngs) != n:
+            raise ValueError(f"got {len(rngs)} generators for {n} worlds")
+        self.n, self.rngs, self.config = n, rngs, config
         self.actions = get_action_set("full")
         self.current = np.zeros(n, dtype=np.int64)
         self.left = np.zeros(n, dtype=np.int64)  # steps left in the current run
 
     def _new_run(self, i: int, pitch: float, blocked: bool) -> None:
-        c, rng = self.config, self.rng
+        c, rng = self.config, self.rngs[i]
         if blocked:  # walked into something: turn away, maybe backing off
             t = rng.choice(["stay", "backward"], p=[0.7, 0.3])
             y = rng.choice(["turn_left", "turn_right"])
@@ -87,14 +119,19 @@ def collect(
 ) -> dict:
     """Record ``episodes`` episodes of ``steps`` env steps into ``out``; returns a summary dict.
 
-    Episode ``i`` is world seed ``seed + i``; episodes already in ``out`` are kept and skipped.
+    Episode ``i`` is world seed ``seed + i``, its content a function of that seed and the recording
+    arguments alone; episodes already in ``out`` are kept and skipped. ``out`` must have been recorded
+    with the same ``steps``, ``seed``, ``frames_per_step``, ``height``, ``width`` and ``fov_deg`` (its
+    ``dataset.json``): ValueError listing the differing arguments, before anything on disk changes.
     """
     for name, value, lo in (("episodes", episodes, 1), ("steps", steps, 1), ("num_envs", num_envs, 1)):
         if int(value) != value or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stale = remove_partial(out)
+    recording = dict(
+        steps=steps, seed=seed, frames_per_step=frames_per_step, height=height, width=width, fov_deg=fov_deg
+    )
+    recorded = check_recording(out, recording)  # reads only
     todo = [i for i in range(episodes) if not episode_dir(out, i).exists()]
     n = min(num_envs, max(len(todo), 1))
     env = gym.make_vec(
@@ -107,7 +144,11 @@ def collect(
         width=width,
         fov_deg=fov_deg,
         max_episode_steps=steps + 1,
-    )
+    )  # checks frames_per_step, height, width, fov_deg: a bad value leaves the disk untouched
+    out.mkdir(parents=True, exist_ok=True)
+    if not recorded:
+        write_recording(out, recording)  # before the first episode
+    stale = remove_partial(out)
     actions = get_action_set("full")
     thresholds = caption_thresholds(frames_per_step)
     caption_counts = np.zeros(len(SENTENCES), dtype=np.int64)
@@ -117,7 +158,7 @@ def collect(
         group = todo[g : g + n]
         seeds = [seed + i for i in group] + [seed + episodes + k for k in range(n - len(group))]
         obs, _ = env.reset(seed=seeds)
-        policy = ExplorationPolicy(n, np.random.default_rng([seed, group[0]]))
+        policy = ExplorationPolicy(n, [policy_rng(s) for s in seeds])  # per episode: num_envs changes nothing
         frames = [{k: np.asarray(obs[k])[:, None] for k in ("rgb", "depth", "pose", "intrinsics")}]
         taken, blocked = [], np.zeros(n, dtype=bool)
         blocked_log = []

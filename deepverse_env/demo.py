@@ -16,7 +16,8 @@ The learned world (``DeepVerse-v0``) and the simulator (``DeepVerseSim-v0``) sta
 
 With ``--image`` the world starts from the picture (centre-cropped and resized to the model's size;
 first-frame completion) and there is nothing to compare with: the video has one row and
-``metrics.json`` only the per-step window scale.
+``metrics.json`` only the per-step window scale. Pictures of any common bit depth load (8- and 16-bit
+integers, floats in [0, 1], 1-bit; grey, grey + alpha, RGB, RGBA: alpha is dropped); others are refused.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from deepverse_env.actions import ActionSet
+from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.export import VideoWriter
 from deepverse_env.learned.env import DeepVerseEnv
 from deepverse_env.learned.world import load_model
@@ -50,19 +51,74 @@ def parse_actions(text: str, actions: ActionSet) -> list[int]:
     return [actions.index(name) for name in names]
 
 
-def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
-    """A picture file as (height, width, 3) uint8: centre-cropped to the aspect ratio, then resized."""
-    image = iio.imread(path)
+def to_rgb8(image: np.ndarray, name: str = "the image") -> np.ndarray:
+    """Pixels of any common bit depth and layout as (H, W, 3) uint8; ValueError naming ``name`` otherwise.
+
+    uint8 as is; uint16 scaled by 1/257 (rounded: 65535 -> 255); bool (1-bit) 0/255; floats must lie in
+    [0, 1] and are scaled by 255 (rounded). Grey (H, W) or (H, W, 1) is repeated to 3 channels; grey + alpha
+    (H, W, 2) and RGBA (H, W, 4) lose their alpha.
+    """
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] in (1, 2):
+        image = image[..., 0]  # grey (+ alpha)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(f"{path} is not an RGB image (shape {image.shape})")
-    pil = Image.fromarray(image[..., :3].astype(np.uint8))
+    if image.ndim != 3 or image.shape[-1] not in (3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"{name} is not a picture: its pixels have shape {image.shape}; expected (H, W) grey or (H, W, C) "
+            "with C = 1, 2 (grey + alpha), 3 (RGB) or 4 (RGBA)"
+        )
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
+    if image.dtype == np.bool_:
+        return image.astype(np.uint8) * 255
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v / 257): 32768 -> 128
+    if image.dtype.kind == "f":
+        lo, hi = float(np.min(image)), float(np.max(image))  # NaN propagates and fails the test below
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(
+                f"{name} has floating-point pixels in [{lo:g}, {hi:g}]; expected values in [0, 1] "
+                "(an HDR or unnormalised image: convert it to 8 or 16 bits first)"
+            )
+        return np.rint(image.astype(np.float64) * 255.0).astype(np.uint8)
+    raise ValueError(
+        f"{name} has pixels of type {image.dtype}; expected 8- or 16-bit unsigned integers, 1-bit, or floats in [0, 1]"
+    )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A picture file (its first frame) as (H, W, 3) uint8 (``to_rgb8``); ValueError naming the file when it
+    is missing, not a file, not a readable image, or of a pixel format ``to_rgb8`` refuses."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"image {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"image {str(path)!r} is not a file")
+    try:
+        image = iio.imread(path, index=0)
+    except Exception as e:  # decoders raise many types (OSError, ValueError, SyntaxError, ...) for a bad file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"image {str(path)!r} could not be read as a picture ({reason})") from None
+    return to_rgb8(image, f"image {str(path)!r}")
+
+
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 centre-cropped to the aspect ratio of height x width, then resized to it."""
+    pil = Image.fromarray(image)
     w, h = pil.size
     crop_w, crop_h = min(w, round(h * width / height)), min(h, round(w * height / width))
+    crop_w, crop_h = max(crop_w, 1), max(crop_h, 1)
     left, top = (w - crop_w) // 2, (h - crop_h) // 2
     pil = pil.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.Resampling.BICUBIC)
     return np.asarray(pil, dtype=np.uint8)
+
+
+def load_image(path: str | Path, height: int, width: int) -> np.ndarray:
+    """A picture file as (height, width, 3) uint8: read (``read_image``), centre-cropped to the aspect
+    ratio, then resized."""
+    return fit_image(read_image(path), height, width)
 
 
 def _rows(*rows: np.ndarray, gap: int = 2) -> np.ndarray:
@@ -97,15 +153,20 @@ def run_demo(
         seed: the simulator world (and sampler noise) of the episode.
         render_cache: refine frames with the 3D cache when the model has a refiner (False: the paper's path).
     """
-    if steps is not None and (int(steps) != steps or steps < 1):
+    # Everything the user gave is checked before the model loads and before anything is written.
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    names = get_action_set(action_set)  # ValueError naming an unknown set
+    script = parse_actions(actions, names) if actions is not None else [names.index(name) for name in TOUR]
+    picture = None if image is None else read_image(image)
     t0 = time.perf_counter()
     env = DeepVerseEnv(
         checkpoint=load_model(checkpoint), render_mode="rgb_array", action_set=action_set, render_cache=render_cache
     )
-    script = parse_actions(actions, env.actions) if actions else [env.actions.index(name) for name in TOUR]
     script = [script[i % len(script)] for i in range(steps or len(script))]
-    start = None if image is None else load_image(image, env.height, env.width)
+    start = None if picture is None else fit_image(picture, env.height, env.width)
     obs, _ = env.reset(seed=seed, options=None if start is None else {"image": start})
     sim = None
     if start is None:

@@ -52,6 +52,8 @@ def parse_seeds(text: str) -> list[int]:
         raise ValueError(f"--seeds must be A:B or a comma-separated list of integers, got {text!r}") from None
     if not seeds:
         raise ValueError(f"--seeds {text!r} holds no seed")
+    if min(seeds) < 0:
+        raise ValueError(f"--seeds must be non-negative world seeds, got {text!r}")
     return seeds
 
 
@@ -173,14 +175,16 @@ def run_eval(
     starts: tuple[str, ...] = ("4d", "image"), compare_paper_path: bool = True, seed: int = 0, progress: bool = True,
 ) -> dict:
     """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints."""
-    model = load_model(checkpoint)
-    world_seeds = parse_seeds(seeds)
-    tf = model.frames_per_chunk
-    if isinstance(frames, bool) or int(frames) != frames or frames < tf or frames % tf:
-        raise ValueError(f"--frames must be a positive multiple of the chunk ({tf} frames), got {frames!r}")
+    world_seeds = parse_seeds(seeds)  # the arguments are checked before the model loads
     bad = sorted(set(starts) - {"4d", "image"})
     if bad or not starts:
         raise ValueError(f"--starts must name 4d and/or image, got {list(starts)}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    model = load_model(checkpoint)
+    tf = model.frames_per_chunk
+    if isinstance(frames, bool) or int(frames) != frames or frames < tf or frames % tf:
+        raise ValueError(f"--frames must be a positive multiple of the chunk ({tf} frames), got {frames!r}")
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))

@@ -22,9 +22,17 @@ hooks; ``make_reward`` / ``make_termination`` build them from names (so configs 
 zeroes them when a world restarts), so a task means the same in the true world and in imagination.
 ``PerWorldHooks`` gives each world of a batched env its own ``Hooks`` (a goal per world, as
 ``agents.rl.TaskVecEnv`` trains PPO on), scoring each world through the same ``Hooks.step``.
+``Hooks.check`` is what an env runs when hooks are installed: a hook's ``check_actions(n)`` (``ActionCost``:
+its table must have one cost per action) and a dry-run transition per action id, so a hook that does not
+fit the env fails at ``gym.make`` (or assignment), not mid-episode.
+
+Bad arguments are ValueErrors naming the parameter and the value: numbers must be finite (a NaN or inf
+weight, bonus or penalty would make every reward NaN), counts positive integers, flags booleans, and a
+spec's arguments must be ones its hook takes. A dict spec's ``weight`` scales its hook, alone or in a list.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -47,25 +55,70 @@ class RewardHook:
     def __call__(self, td: TensorDict) -> Tensor:
         raise NotImplementedError
 
+    def check_actions(self, n: int) -> None:
+        """ValueError unless the hook can score an env of ``n`` actions (ids 0..n-1); envs call it when the
+        hook is installed. Most hooks work with any action set."""
+
+
+def _real(value) -> bool:
+    """Whether ``value`` is a real number (not a bool, a string or a complex)."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _tensor(value, what: str, expected: str) -> Tensor:
+    """``value`` (numbers, nested sequences, an array or a tensor) as float32; ValueError naming it otherwise."""
+    if isinstance(value, Tensor):
+        return value.detach().to(torch.float32)
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nesting
+        array = np.zeros(0, dtype=object)
+    if array.dtype.kind not in "biuf":  # strings, None, objects
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
+    return torch.as_tensor(array.astype(np.float32))
+
 
 def _vec3(value, what: str) -> Tensor:
-    t = torch.as_tensor(value, dtype=torch.float32)
+    expected = "3 finite numbers (x, y, z) in metres"
+    t = _tensor(value, what, expected)
     if t.shape != (3,) or not torch.isfinite(t).all():
-        raise ValueError(f"{what} must be 3 finite numbers (x, y, z) in metres, got {value!r}")
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
     return t
 
 
 def check_positive(value, what: str) -> float:
     """``value`` as a float, or a ValueError naming it unless it is a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 < value < math.inf:
+    if not _real(value) or not 0 < value < math.inf:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
     return float(value)
 
 
+def check_finite(value, what: str) -> float:
+    """``value`` as a float, or a ValueError naming it unless it is a finite number (NaN and inf would
+    turn every reward into NaN)."""
+    if not _real(value) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_count(value, what: str) -> int:
+    """``value`` as an int, or a ValueError naming it unless it is an integer >= 1 (an integral float too)."""
+    if not _real(value) or not math.isfinite(value) or int(value) != value or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _pose(value, what: str) -> Tensor:
-    t = torch.as_tensor(value, dtype=torch.float32)
+    expected = "a finite 4x4 camera-to-world pose"
+    t = _tensor(value, what, expected)
     if t.shape != (4, 4) or not torch.isfinite(t).all():
-        raise ValueError(f"{what} must be a finite 4x4 camera-to-world pose, got {value!r}")
+        raise ValueError(f"{what} must be {expected}, got {value!r}")
     return t
 
 
@@ -85,8 +138,9 @@ class GoalReward(RewardHook):
     name = "goal"
 
     def __init__(self, goal=(0.0, 0.0, 3.0), radius: float = 0.5, bonus: float = 1.0, planar: bool = False, origin=None):
-        self.goal, self.radius, self.bonus = _vec3(goal, "goal"), check_positive(radius, "radius"), float(bonus)
-        self.planar = bool(planar)
+        self.goal, self.radius = _vec3(goal, "goal"), check_positive(radius, "radius")
+        self.bonus = check_finite(bonus, "bonus")
+        self.planar = _flag(planar, "planar")
         self.origin = torch.eye(4) if origin is None else _pose(origin, "origin")
 
     def camera(self, pose: Tensor) -> Tensor:
@@ -127,7 +181,7 @@ class ImageGoalReward(RewardHook):
         image = torch.as_tensor(np.asarray(goal))
         if image.dim() != 3 or image.shape[-1] != 3 or image.dtype != torch.uint8:
             raise ValueError(f"goal must be an (H, W, 3) uint8 image, got {image.dtype} {tuple(image.shape)}")
-        if int(pool) != pool or not 1 <= pool <= min(image.shape[:2]):
+        if not _real(pool) or not math.isfinite(pool) or int(pool) != pool or not 1 <= pool <= min(image.shape[:2]):
             raise ValueError(f"pool must be an integer in [1, {min(image.shape[:2])}] (the image size), got {pool!r}")
         self.goal, self.pool = image, int(pool)
         self.target = self.pooled(image[None])  # (1, 3, pool, pool)
@@ -153,10 +207,10 @@ class CollisionPenalty(RewardHook):
     name = "collision"
 
     def __init__(self, min_depth: float = 0.3, penalty: float = 1.0, fraction: float = 0.5):
-        self.min_depth, self.penalty = check_positive(min_depth, "min_depth"), float(penalty)
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-        self.fraction = fraction
+        self.min_depth, self.penalty = check_positive(min_depth, "min_depth"), check_finite(penalty, "penalty")
+        if not _real(fraction) or not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        self.fraction = float(fraction)
 
     def near(self, depth: Tensor) -> Tensor:
         H, W = depth.shape[-3:-1]
@@ -187,10 +241,8 @@ class ExplorationReward(RewardHook):
     key = "explored"
 
     def __init__(self, voxel: float = 0.5, grid: int = 32, per_voxel: float = 0.01, stride: int = 2):
-        self.voxel, self.per_voxel = check_positive(voxel, "voxel"), float(per_voxel)
-        if int(grid) != grid or grid < 1 or int(stride) != stride or stride < 1:
-            raise ValueError(f"grid and stride must be positive integers, got grid={grid!r}, stride={stride!r}")
-        self.grid, self.stride = int(grid), int(stride)
+        self.voxel, self.per_voxel = check_positive(voxel, "voxel"), check_finite(per_voxel, "per_voxel")
+        self.grid, self.stride = check_count(grid, "grid"), check_count(stride, "stride")
 
     def __call__(self, td: TensorDict) -> Tensor:
         nxt = td["next"]
@@ -221,17 +273,32 @@ class ActionCost(RewardHook):
     name = "action_cost"
 
     def __init__(self, costs: Sequence[float] | None = None, default: float = 0.01):
-        self.costs = None if costs is None else torch.as_tensor(costs, dtype=torch.float32)
-        if self.costs is not None and (self.costs.dim() != 1 or not torch.isfinite(self.costs).all()):
-            raise ValueError(f"costs must be a 1-D sequence of finite numbers, got {costs!r}")
-        self.default = float(default)
+        expected = "a non-empty 1-D sequence of finite numbers, one cost per action id"
+        self.costs = None if costs is None else _tensor(costs, "costs", expected)
+        if self.costs is not None and (
+            self.costs.dim() != 1 or not len(self.costs) or not torch.isfinite(self.costs).all()
+        ):
+            raise ValueError(f"costs must be {expected}, got {costs!r}")
+        self.default = check_finite(default, "default")
+
+    def check_actions(self, n: int) -> None:
+        if self.costs is not None and len(self.costs) != n:
+            raise ValueError(
+                f"the action_cost table has {len(self.costs)} costs but the env has {n} actions (ids 0..{n - 1}); "
+                "give one cost per action of its action set"
+            )
 
     def __call__(self, td: TensorDict) -> Tensor:
         a = td["action"].long().reshape(-1)
         if self.costs is None:
             return -self.default * (a != 0).float()
-        if a.numel() and (a.min() < 0 or a.max() >= len(self.costs)):
-            raise ValueError(f"action {int(a.max())} has no cost; the table has {len(self.costs)} entries")
+        n = len(self.costs)
+        outside = a[(a < 0) | (a >= n)]
+        if outside.numel():
+            raise ValueError(
+                f"action {int(outside[0])} has no cost: the action_cost table has {n} entries (ids 0..{n - 1}); "
+                "give one cost per action of the env's action set"
+            )
         return -self.costs.to(a.device)[a]
 
 
@@ -244,7 +311,11 @@ class Combined:
         for hook, w in hooks:
             if not callable(hook):
                 raise ValueError(f"{hook!r} is not callable; a hook maps a TensorDict to (B,) rewards")
-        self.hooks = [(hook, float(w)) for hook, w in hooks]
+        self.hooks = [(hook, check_finite(w, f"the weight of {_name(hook)}")) for hook, w in hooks]
+
+    def check_actions(self, n: int) -> None:
+        for hook, _ in self.hooks:
+            _check_actions(hook, n)
 
     def __call__(self, td: TensorDict) -> Tensor:
         return sum(w * hook(td).float() for hook, w in self.hooks)
@@ -258,6 +329,10 @@ class AnyOf:
             raise ValueError("AnyOf needs at least one termination hook")
         self.hooks = list(hooks)
 
+    def check_actions(self, n: int) -> None:
+        for hook in self.hooks:
+            _check_actions(hook, n)
+
     def __call__(self, td: TensorDict) -> Tensor:
         out = self.hooks[0](td).bool()  # on whatever device the hooks compute
         for hook in self.hooks[1:]:
@@ -267,7 +342,22 @@ class AnyOf:
 
 def combine(*hooks: Hook | tuple[Hook, float]) -> Combined:
     """``combine(GoalReward(...), (CollisionPenalty(), 0.5))``: hooks with optional weights (default 1)."""
+    for h in hooks:
+        if isinstance(h, tuple) and len(h) != 2:
+            raise ValueError(f"combine takes hooks or (hook, weight) pairs, got {h!r}")
     return Combined([h if isinstance(h, tuple) else (h, 1.0) for h in hooks])
+
+
+def _name(hook) -> str:
+    """How error messages name a hook: its ``name`` (built-ins) or its repr."""
+    name = getattr(hook, "name", None)
+    return f"the {name!r} hook" if isinstance(name, str) else f"hook {hook!r}"
+
+
+def _check_actions(hook, n: int) -> None:
+    check = getattr(hook, "check_actions", None)
+    if callable(check):
+        check(n)
 
 
 REWARDS: dict[str, type[RewardHook]] = {
@@ -277,19 +367,26 @@ TERMINATIONS: dict[str, type[RewardHook]] = {h.name: h for h in (GoalReached, Co
 
 
 def from_spec(spec, table: dict, what: str, built: str = "a callable"):
-    """``table[name](**arguments)`` from a spec: a name, or a dict with ``name`` and the arguments (a
-    ``weight`` is dropped). ValueError naming a malformed spec or an unknown name; ``built`` names what
-    the caller takes ready-made instead."""
+    """``table[name](**arguments)`` from a spec: a name, or a dict with ``name`` and the arguments.
+    ValueError naming a malformed spec, an unknown name or an argument ``table[name]`` does not take;
+    ``built`` names what the caller takes ready-made instead."""
     if isinstance(spec, str):
         name, kwargs = spec, {}
     elif isinstance(spec, dict) and "name" in spec:
         kwargs = dict(spec)
-        kwargs.pop("weight", None)
         name = kwargs.pop("name")
     else:
         raise ValueError(f"a {what} is a name, a dict with 'name', or {built}; got {spec!r}")
-    if name not in table:
+    if not isinstance(name, str) or name not in table:
         raise ValueError(f"unknown {what} {name!r}; expected one of {sorted(table)} or {built}")
+    try:
+        inspect.signature(table[name]).bind(**kwargs)
+    except TypeError:
+        takes = [p for p in inspect.signature(table[name]).parameters if p != "self"]
+        unknown = sorted(set(kwargs) - set(takes))
+        raise ValueError(
+            f"{what} {name!r} does not take the argument(s) {unknown or sorted(kwargs)}; it takes {takes}"
+        ) from None
     return table[name](**kwargs)
 
 
@@ -297,14 +394,25 @@ def _build(spec, table: dict, what: str):
     return spec if callable(spec) else from_spec(spec, table, f"{what} hook")
 
 
+def _weighted(spec) -> tuple[Hook, float]:
+    """A reward spec's hook and weight (a dict's ``weight``, default 1)."""
+    if isinstance(spec, dict) and "weight" in spec:
+        spec = dict(spec)
+        weight = check_finite(spec.pop("weight"), f"the weight of reward hook {spec.get('name')!r}")
+        return _build(spec, REWARDS, "reward"), weight
+    return _build(spec, REWARDS, "reward"), 1.0
+
+
 def make_reward(spec) -> Hook | None:
     """Reward hook from a spec: None, a callable, a name (``"exploration"``), a dict
-    (``{"name": "goal", "goal": [0, 0, 5], "weight": 2.0}``) or a list of those (summed with weights)."""
+    (``{"name": "goal", "goal": [0, 0, 5], "weight": 2.0}``) or a list of those (summed with weights).
+    A weight scales its hook alone too (a ``Combined`` of one)."""
     if spec is None:
         return None
     if isinstance(spec, (list, tuple)):
-        return Combined([(_build(s, REWARDS, "reward"), s.get("weight", 1.0) if isinstance(s, dict) else 1.0) for s in spec])
-    return _build(spec, REWARDS, "reward")
+        return Combined([_weighted(s) for s in spec])
+    hook, weight = _weighted(spec)
+    return hook if weight == 1.0 else Combined([(hook, weight)])
 
 
 def make_termination(spec) -> Hook | None:
@@ -327,6 +435,49 @@ class Hooks:
 
     def __init__(self, reward=None, termination=None):
         self.reward, self.termination = make_reward(reward), make_termination(termination)
+
+    def check(self, frames: TensorDict, n_actions: int, where: str = "the env", batch: int | None = None) -> None:
+        """What an env calls when it installs the hooks: ValueError, naming the cause, unless they take its
+        action set and frames. Hooks that know the action count (``ActionCost``'s table) are asked
+        (``check_actions``), then a dry-run transition for every action id 0..n_actions-1, from ``frames``
+        to themselves, is scored in batches of ``batch`` (the env's own batch size; None: all ids in one
+        batch), and the rewards and terminations must hold one value per transition. Nothing is kept.
+
+        Args:
+            frames: (1,) a frame of the env's observation keys (any content: e.g. zeros, the identity pose).
+            n_actions: the size of the env's action set.  where: how messages name the env.
+            batch: transitions per call (a vector env of N worlds: N; ids are cycled to fill the last one).
+        """
+        n = int(n_actions)
+        self._check_actions(n, where)
+        B = n if batch is None else int(batch)
+        ids = torch.arange(-(-n // B) * B) % n  # every id at least once, in whole batches
+        state = frames.expand(B).clone()
+        for chunk in ids.split(B):
+            try:
+                _, reward, done = self.step(state, chunk, state.clone())
+            except Exception as e:  # any failure here is a hook that does not fit the env: say so now, not mid-episode
+                text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str is a repr
+                detail = text if isinstance(e, ValueError) else f"{type(e).__name__}: {text}"
+                shape = f"frames of shape {tuple(frames['rgb'].shape[1:])}" if "rgb" in frames.keys() else "its frames"
+                raise ValueError(
+                    f"the reward/termination hooks cannot score {where}'s transitions (a dry run of action ids "
+                    f"{chunk.tolist()} on {shape}): {detail}"
+                ) from e
+            for what, value in (("reward", reward), ("termination", done)):
+                if tuple(value.shape) != (B,):
+                    raise ValueError(
+                        f"the {what} hook must return one value per transition: shape ({B},) for a batch of {B}, "
+                        f"got {tuple(value.shape)}"
+                    )
+
+    def _check_actions(self, n: int, where: str) -> None:
+        for hook in (self.reward, self.termination):
+            if hook is not None:
+                try:
+                    _check_actions(hook, n)
+                except ValueError as e:
+                    raise ValueError(f"{where}: {e}") from None
 
     def step(self, state: TensorDict, action, after: TensorDict) -> tuple[TensorDict, Tensor, Tensor]:
         """Score B transitions.
@@ -394,6 +545,18 @@ class PerWorldHooks(Hooks):
             raise ValueError(f"PerWorldHooks needs a non-empty list of Hooks, got {worlds!r}")
         super().__init__()
         self.worlds = worlds
+
+    def check(self, frames: TensorDict, n_actions: int, where: str = "the env", batch: int | None = None) -> None:
+        """``Hooks.check`` in batches of ``batch`` transitions, one per world (as a vector env scores them: a
+        ``batch`` other than the number of worlds fails); ``batch`` None: each world's hooks on their own."""
+        if batch is not None:
+            return super().check(frames, n_actions, where, batch)
+        for i, hooks in enumerate(self.worlds):
+            hooks.check(frames, n_actions, f"{where} (world {i})")
+
+    def _check_actions(self, n: int, where: str) -> None:
+        for i, hooks in enumerate(self.worlds):
+            hooks._check_actions(n, f"{where} (world {i})")
 
     def step(self, state: TensorDict, action, after: TensorDict) -> tuple[TensorDict, Tensor, Tensor]:
         B = state.batch_size[0]

@@ -73,13 +73,41 @@ def action_id(action, actions: ActionSet, text: bool) -> int:
 
 
 def check_action_sequences(action_sequences, n: int) -> np.ndarray:
-    """The (N, L) integer action ids of a planner's ``imagine`` call, each in [0, n); ValueError otherwise."""
-    a = np.asarray(action_sequences)
+    """The (N, L) integer action ids of a planner's ``imagine`` call, each in [0, n); ValueError naming
+    what is wrong otherwise (ragged sequences, a non-integer array, an id out of range)."""
+    try:
+        a = np.asarray(action_sequences)
+    except ValueError:  # numpy refuses ragged nested lists with its own message
+        lengths = [len(s) if hasattr(s, "__len__") else None for s in action_sequences]
+        raise ValueError(
+            f"action_sequences must be an (N, L) array of action ids, every sequence of the same length L; "
+            f"got sequences of lengths {lengths}"
+        ) from None
+    if a.dtype == object:  # e.g. sequences of unequal length inside an object array
+        raise ValueError(f"action_sequences must be an (N, L) integer array of action ids, got {action_sequences!r:.200}")
     if a.ndim != 2 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"action_sequences must be a non-empty (N, L) integer array, got {a.dtype} {a.shape}")
-    if a.min() < 0 or a.max() >= n:
-        raise ValueError(f"action_sequences hold ids outside [0, {n - 1}]")
+    bad = a[(a < 0) | (a >= n)]
+    if bad.size:
+        raise ValueError(f"action_sequences hold ids outside [0, {n - 1}]: {sorted(set(bad.tolist()))[:8]}")
     return a
+
+
+def check_seed(seed, what: str = "seed", bound: int | None = None) -> int | None:
+    """``seed`` as a Python int (numpy integers too), None passed through; ValueError naming the value
+    unless it is a non-negative integer (below ``bound`` when given). A bool is no seed."""
+    if seed is None:
+        return None
+    try:
+        if isinstance(seed, (bool, np.bool_)):
+            raise TypeError
+        s = operator.index(seed)
+    except TypeError:
+        s = None
+    if s is None or s < 0 or (bound is not None and s >= bound):
+        limit = f"an integer in [0, 2**{bound.bit_length() - 1})" if bound is not None else "a non-negative integer"
+        raise ValueError(f"{what} must be None or {limit}, got {seed!r}")
+    return s
 
 
 def check_images(options: dict[str, Any] | None, height: int, width: int, n: int = 1) -> np.ndarray | None:

@@ -41,9 +41,9 @@ def test_collect_writes_resumes_and_cleans_up(tmp_path, capsys):
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (["--episodes", "0"], "episodes must be an integer >= 1, got 0"),
-        (["--episodes", "1", "--height", "-4"], "height must be a positive integer, got -4"),
-        (["--episodes", "1", "--frames-per-step", "0"], "frames_per_step"),
+        (["--episodes", "0"], "argument --episodes: must be a positive integer, got '0'"),
+        (["--episodes", "1", "--height", "-4"], "argument --height: must be a positive integer, got '-4'"),
+        (["--episodes", "1", "--frames-per-step", "0"], "argument --frames-per-step: must be a positive integer, got '0'"),
     ],
 )
 def test_collect_rejects_bad_arguments(tmp_path, capsys, bad, message):

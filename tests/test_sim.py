@@ -325,3 +325,14 @@ def test_reprojection_any_motion(seed, actions):
     frames = _episode_frames(seed, actions)
     coverage = _check_frames(frames, f"seed {seed}, actions {actions}")
     assert coverage > 0.05, f"seed {seed}: only {coverage:.0%} of pixels were checkable"
+
+
+def test_a_rejected_first_reset_through_gym_make_leaves_the_env_usable():
+    env = gym.make("DeepVerseSim-v0")
+    with pytest.raises(ValueError, match="unknown"):
+        env.reset(seed=0, options={"scene": 3})
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(1)
+    twin = gym.make("DeepVerseSim-v0")
+    twin.reset(seed=0)
+    assert np.array_equal(obs["rgb"], twin.step(1)[0]["rgb"])

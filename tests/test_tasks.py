@@ -48,9 +48,12 @@ def test_hooks_score_identical_transitions_identically_in_both_envs():
     replayed.reset(seed=5)
     sentences = learned.world.sentences
 
-    def replay(step_sentences):
+    def replay(step_sentences, before_commit=None):
         *_, info = replayed.step(sentences.index(step_sentences[0]))
-        return TensorDict({k: torch.from_numpy(v)[None] for k, v in info["frames"].items()}, batch_size=[1, 4])
+        chunk = TensorDict({k: torch.from_numpy(v)[None] for k, v in info["frames"].items()}, batch_size=[1, 4])
+        if before_commit is not None:
+            before_commit(chunk)  # Rollout.step's contract: score before the step is committed
+        return chunk
 
     learned.world.rollout.step = replay
     imagined = sim.imagine(np.array([ACTIONS]))

@@ -133,7 +133,7 @@ def export_main(argv: list[str]) -> None:
     sampler = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)}
     try:
         print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=sampler))
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # a missing or foreign --ckpt, weights that do not fit, ...
         parser.error(str(e))
 
 

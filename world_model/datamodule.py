@@ -4,7 +4,10 @@ Splits are separate seed ranges, so validation and test scenes are never seen in
 ``train`` uses world seeds ``seed + i``, ``val`` ``seed + 1_000_000 + i``, ``test`` ``seed + 2_000_000 + i``.
 Each split lives in ``data_dir/<split>``; ``prepare_data`` has the ``recorder`` record whatever episodes
 are missing there, so an empty directory becomes a dataset on first use and an interrupted collection
-resumes. The recorder is handed in (``configs/tiny.yaml`` names the simulator's): the model package does not
+resumes. Each split directory's ``dataset.json`` (or, for an older one, its episodes) must say it was
+recorded with this module's ``steps``, ``frames_per_step``, ``height``, ``width``, ``fov_deg`` and the split's
+seed, whether or not episodes are missing (``world_model.episodes.check_recording``). The recorder is
+handed in (``configs/tiny.yaml`` names the simulator's): the model package does not
 depend on the environments.
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from world_model.episodes import ClipConfig, EpisodeClips, episode_dir
+from world_model.episodes import ClipConfig, EpisodeClips, check_recording, episode_dir
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -101,6 +104,11 @@ class DeepVerseDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         for split, offset in SPLIT_SEED_OFFSET.items():
+            recording = dict(
+                steps=hp.steps, seed=hp.seed + offset, frames_per_step=hp.frames_per_step, height=hp.height,
+                width=hp.width, fov_deg=hp.fov_deg,
+            )
+            check_recording(self.root / split, recording)  # ValueError listing the differing arguments
             if all(episode_dir(self.root / split, i).exists() for i in range(self._episodes(split))):
                 continue  # recorded already: no empty progress bar
             if self.recorder is None:

@@ -110,19 +110,67 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Tr
         sampler: changes to the run's sampling defaults to store with it (``SamplerConfig`` fields), e.g.
             guidance scales tuned on validation after training; None keeps the run's.
     """
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in ckpt or "model" not in ckpt["hyper_parameters"]:
-        raise ValueError(f"{ckpt_path} is not a checkpoint of a world_model.lit_module module")
+    ckpt = load_training_checkpoint(ckpt_path)
     prefix = "ema.module." if ema else "model."
     state = {k.removeprefix(prefix): v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     if not state:
         raise ValueError(f"{ckpt_path} holds no EMA weights (trained with ema_decay=null): export with ema=False")
-    model = DeepVerse(DeepVerseConfig.from_dict(ckpt["hyper_parameters"]["model"]))
+    try:
+        config = DeepVerseConfig.from_dict(ckpt["hyper_parameters"]["model"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{ckpt_path}: hyper_parameters.model is not a DeepVerse config ({e})") from None
+    shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, Tensor)}
+    DeepVerse.check_weights(  # before the model is built: the config may name a preset of billions of parameters
+        config, shapes, f"{ckpt_path} ({prefix}* weights)", "its hyper_parameters.model",
+        optional=("latent_shift", "latent_scale"),
+    )
+    model = DeepVerse(config)
     for name in ("latent_shift", "latent_scale"):  # checkpoints from before the latent statistics: identity
         state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
     model.set_sampler(**(sampler or {}))
     return model.save_pretrained(out_dir)
+
+
+CHECKPOINT_EXPECTED = "a Lightning checkpoint (.ckpt) of world_model.lit_module's CodecModule or WorldModelModule"
+
+
+def load_training_checkpoint(ckpt_path: str | Path) -> dict:
+    """A training checkpoint read with ``torch.load(weights_only=True)`` (no pickled code runs), checked to
+    hold a model config and a state dict. FileNotFoundError / ValueError naming the path and what was
+    expected."""
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; expected {CHECKPOINT_EXPECTED}")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a file; expected {CHECKPOINT_EXPECTED}")
+    if _is_safetensors(path):  # torch.load would read it as a bare state dict
+        raise ValueError(
+            f"{path} is a safetensors file (weights without training state, e.g. of a save_pretrained export, "
+            f"which needs no export); expected {CHECKPOINT_EXPECTED}"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, KeyError, ... for foreign or damaged files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint; expected {CHECKPOINT_EXPECTED} "
+            f"(torch.load with weights_only=True: {type(e).__name__}: {reason[:200]})"
+        ) from None
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not isinstance(hp.get("model"), dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(
+            f"{path} is a PyTorch file but not a checkpoint of a world_model.lit_module module (it lacks "
+            f"hyper_parameters.model or state_dict); expected {CHECKPOINT_EXPECTED}"
+        )
+    return ckpt
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file (an 8-byte header length, then a JSON header)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 class TrainingModule(L.LightningModule, ABC):

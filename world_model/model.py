@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tensordict import TensorDict
 from torch import Tensor, nn
@@ -38,6 +40,16 @@ from world_model.text import SENTENCES
 from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def safetensors_shapes(file: str | Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file, from its header alone (no tensor is read).
+    Raises ValueError naming the file where it is not a safetensors file."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for foreign or truncated files
+        raise ValueError(f"{file} is not a safetensors file ({type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -323,6 +335,36 @@ class DeepVerse(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------------
 
+    @classmethod
+    def check_weights(
+        cls, config: DeepVerseConfig, shapes: dict[str, tuple[int, ...]], weights: str, described_by: str,
+        optional: tuple[str, ...] = (),
+    ) -> None:
+        """ValueError unless tensors named and shaped ``shapes`` are the weights of ``DeepVerse(config)``.
+
+        The model is built on the meta device (no memory, no initialisation), so a config that names a large
+        preset costs nothing when it does not match the weights. ``weights`` and ``described_by`` name the
+        sources in the message; ``optional`` keys may be absent from ``shapes``.
+        """
+        try:
+            with torch.device("meta"):
+                skeleton = cls(config)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{described_by} does not describe a DeepVerse that can be built ({e})") from None
+        own = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        missing = sorted(set(own) - set(shapes) - set(optional))
+        unexpected = sorted(set(shapes) - set(own))
+        wrong = sorted(k for k in set(own) & set(shapes) if own[k] != tuple(shapes[k]))
+        if missing or unexpected or wrong:
+            count = lambda d: sum(math.prod(v) for v in d.values())  # noqa: E731
+            raise ValueError(
+                f"{weights} does not match {described_by}: the config describes a model of {count(own):,} values "
+                f"(codec {config.codec!r}, dit {config.dit!r}, {config.height}x{config.width} frames), the weights "
+                f"hold {count(shapes):,}; missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes "
+                f"{[f'{k}: {tuple(shapes[k])} in the weights, {own[k]} in the config' for k in wrong[:3]]} "
+                f"(of {len(missing)}, {len(unexpected)}, {len(wrong)})"
+            )
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``, atomically."""
         path = Path(path)
@@ -348,22 +390,20 @@ class DeepVerse(nn.Module):
             if not f.is_file():
                 raise FileNotFoundError(f"checkpoint {path} lacks {f.name}")
         try:
-            config = DeepVerseConfig.from_dict(json.loads(cfg_file.read_text()))
-        except (json.JSONDecodeError, TypeError) as e:
+            data = json.loads(cfg_file.read_text())
+            if not isinstance(data, dict):
+                raise TypeError(f"it holds a {type(data).__name__}, expected a JSON object")
+            config = DeepVerseConfig.from_dict(data)
+        except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ValueError(f"{cfg_file} is not a DeepVerse config ({e})") from None
+        # Config against the weights' header before anything is allocated: a config naming the ~2.7-billion
+        # parameter paper presets beside tiny weights fails in a fraction of a second.
+        cls.check_weights(config, safetensors_shapes(weights), str(weights), str(cfg_file))
         try:
             state = load_file(str(weights), device=str(map_location))
-        except Exception as e:  # safetensors raises its own error types for non-safetensors files
-            raise ValueError(f"{weights} is not a safetensors file ({type(e).__name__}: {e})") from None
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise ValueError(f"{weights} cannot be read ({type(e).__name__}: {e})") from None
         model = cls(config)
-        own = model.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        wrong = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-        if missing or unexpected or wrong:
-            raise ValueError(
-                f"{weights} does not match {cfg_file}: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-                f"wrong shapes {sorted(wrong)[:3]} (of {len(missing)}, {len(unexpected)}, {len(wrong)})"
-            )
         model.load_state_dict(state)
         return model.eval()
 

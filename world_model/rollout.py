@@ -23,6 +23,7 @@ Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -248,11 +249,14 @@ class Rollout:
     # ---- step ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, sentences: list[str]) -> TensorDict:
+    def step(self, sentences: list[str], before_commit: Callable[[TensorDict], object] | None = None) -> TensorDict:
         """Generate one chunk per world.
 
         Args:
             sentences: B action sentences (``world_model.text.SENTENCES``).
+            before_commit: called with the chunk once it is generated and before any world's state changes
+                (e.g. to score it); if it raises, or generation does, the rollout is left exactly as it
+                was, sampler noise included, and the error propagates: the step is all or nothing.
         Returns:
             TensorDict (B, tf): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) in the episode
             frame, intrinsics (3, 3).
@@ -261,8 +265,25 @@ class Rollout:
             raise ValueError(f"got {len(sentences)} sentences for {self.B} worlds")
         if not bool((self.length > 0).all()):
             raise RuntimeError("call reset() before step(): some worlds were never started")
+        noise = self.generator.get_state() if self.generator is not None else None
+        try:
+            chunk, pending = self._generate(sentences)
+            if before_commit is not None:
+                before_commit(chunk)
+        except BaseException:
+            if noise is not None:
+                self.generator.set_state(noise)
+            raise
+        self._commit(pending)
+        return chunk
+
+    def _generate(self, sentences: list[str]) -> tuple[TensorDict, list[tuple]]:
+        """The chunk (B, tf) and, per history group, what ``_commit`` writes back; changes nothing but the
+        generator. Groups are disjoint sets of worlds and everything a group reads is its own rows, so
+        committing every group after generating all of them gives what committing each in turn gave."""
         spatial, found = self._spatial()
         chunk = self._blank_frames(self.tf)
+        pending = []
         for th, idx in self._history_groups():  # worlds whose histories are equally long share one model call
             n = self.length[idx]  # (b,) their window lengths
             frame = (n - th)[:, None] + torch.arange(th, device=self.device)  # (b, th) the last th latents
@@ -272,7 +293,7 @@ class Rollout:
                     None if spatial is None else spatial[idx], None if found is None else found[idx],
                     sampler=self.config.sampler, generator=self.generator,
                 ).float()  # (b, 1, C, h, w)
-                stream = self.stream.select(idx)
+                stream = self.stream.select(idx)  # a copy: the worlds' decoder state changes at commit
                 decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
             K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
             new_frames = to_frames(
@@ -281,6 +302,12 @@ class Rollout:
             if self.cache is not None:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
+            pending.append((idx, n, new, new_frames, stream))
+        return chunk, pending
+
+    def _commit(self, pending: list[tuple]) -> None:
+        """Write generated chunks into their worlds: decoder state, windows (sliding the full ones), 3D cache."""
+        for idx, n, new, new_frames, stream in pending:
             self.stream.update(idx, stream)
             for length in n.unique().tolist():  # windows grow (or slide) by their own length
                 rows = (n == length).nonzero()[:, 0]
@@ -289,7 +316,6 @@ class Rollout:
                 self._append(idx[rows], length, new[rows], frames)
             if self.cache is not None:
                 self.cache.add(new_frames[:, -1], idx)  # the chunk's keyframe joins the 3D cache
-        return chunk
 
     def _history_groups(self) -> list[tuple[int, Tensor]]:
         """Worlds grouped by the history the MM-DiT takes from their windows, the last min(n, m) latents

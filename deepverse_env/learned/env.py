@@ -13,7 +13,9 @@ from deepverse_env.learned.world import LearnedWorld, WorldState, load_model, ma
 from deepverse_env.render import HumanWindow
 from deepverse_env.learned.starts import START_KEYS
 from deepverse_env.rewards import Hooks
-from deepverse_env.spaces import action_id, action_space, check_action_sequences, check_images, observation_space
+from deepverse_env.spaces import (
+    action_id, action_space, check_action_sequences, check_images, check_seed, observation_space,
+)
 from world_model.model import DeepVerse
 from world_model.state import FRAME_KEYS
 
@@ -115,6 +117,7 @@ class DeepVerseEnv(gym.Env):
     | `map_points`      | 50000     | points kept of the predicted cloud (map and ``.ply``)       |
     | `device`          | "cpu"     | where the model runs                                        |
     | `dtype`           | "float32" | "bfloat16" / "float16": autocast compute                    |
+    | `imagine_chunk`   | 64        | candidates per batched rollout of ``imagine`` (peak memory)  |
 
     Memory is bounded and allocated up front (``LearnedWorld.nbytes`` reports it): per world
     ``cache_max`` latent frames, ``1 + (cache_max - 1) * F`` decoded frames, ``memory_capacity``
@@ -159,8 +162,11 @@ class DeepVerseEnv(gym.Env):
         self._seeded = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+        # Check the arguments before anything changes (np_random included): a rejected reset leaves the
+        # env as it was, so a valid reset (or, after an earlier one, a step) goes on from there.
+        seed = check_seed(seed)
         images = check_images(options, self.height, self.width)
+        super().reset(seed=seed)
         if seed is not None or not self._seeded:
             self.world.generator.manual_seed(int(self.np_random.integers(2**63)))
             self._seeded = True
@@ -202,14 +208,21 @@ class DeepVerseEnv(gym.Env):
             action_sequences: (N, L) integer action ids (indices into the action set; in text mode,
                 indices into ``world_model.text.SENTENCES``).
             state: a ``get_state()`` snapshot to start from (default: now).
-            seed: of the imagined noise (default: drawn from ``np_random``).
+            seed: of the imagined noise, an integer in [0, 2**64) (default: drawn from ``np_random``).
         Returns:
             TensorDict (N, L): ``rgb``, ``depth``, ``pose``, ``intrinsics`` after each step, ``action``,
             ``reward`` and ``terminated`` from the hooks, ``scale``. The env itself is left as it was.
+
+        Candidates are rolled ``imagine_chunk`` (default 64) at a time, so memory stays bounded whatever N
+        is (about 80 MB a candidate of a chunk for the shipped model on CPU, plus the returned frames;
+        ``LearnedWorld.imagine``); the result depends only on the seed and ``imagine_chunk``.
         """
         if self.world.td is None:
             raise gym.error.ResetNeeded("call reset() before imagine()")
         a = check_action_sequences(action_sequences, len(self.world.sentences))
+        seed = check_seed(seed, "imagine's seed", 2**64)
+        if state is not None:
+            self.world.check_state(state)
         if seed is None:
             seed = int(self.np_random.integers(2**63))
         return self.world.imagine(np.zeros(len(a), dtype=np.int64), a, state, seed)
@@ -221,9 +234,7 @@ class DeepVerseEnv(gym.Env):
 
     @hooks.setter
     def hooks(self, hooks: Hooks) -> None:
-        if not isinstance(hooks, Hooks):
-            raise ValueError(f"hooks must be a deepverse_env.rewards.Hooks, got {hooks!r}")
-        self.world.hooks = hooks
+        self.world.hooks = hooks  # ValueError for anything but Hooks that can score this env (a dry run)
 
     def resync(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Restart the world from a known 4D frame, e.g. the true current observation of the simulator: an
@@ -254,7 +265,8 @@ class DeepVerseEnv(gym.Env):
         return self.world.get_state()
 
     def set_state(self, state: WorldState) -> None:
-        """Restore a ``get_state()`` snapshot (it stays valid for further restores)."""
+        """Restore a ``get_state()`` snapshot (it stays valid for further restores). ValueError, with the env
+        left as it was, for anything but a snapshot of an env of the same model object and settings."""
         self.world.set_state(state)
 
     def export_point_cloud(self, path: str | Path, binary: bool = True) -> Path:

@@ -6,6 +6,8 @@ reward and termination hooks of ``deepverse_env.rewards``, a ``StartLoader`` of 
 """
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +21,7 @@ from torch import Tensor
 from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.learned.starts import START_KEYS, SimulatorStarts, StartLoader, check_starts
 from deepverse_env.render import WorldMap
-from deepverse_env.rewards import Hooks, start_state
+from deepverse_env.rewards import Hooks, PerWorldHooks, start_state
 from world_model import geometry as G
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig
@@ -48,15 +50,79 @@ class LearnedEnvConfig:
     map_points: int = 50_000  # predicted points kept per world (render map, .ply): a uniform sample
     device: str = "cpu"  # where the model runs
     dtype: str = "float32"  # compute dtype; "bfloat16" / "float16" run the model under torch.autocast
+    imagine_chunk: int = 64  # candidates per batched rollout of imagine: bounds its peak memory (see imagine)
+
+    def __post_init__(self):
+        """Strict types for the plain settings, so ``use_memory="no"`` is an error, not True; integers are
+        normalised to ``int`` (numpy integers are accepted). The others are checked where they are used:
+        ``action_set`` (get_action_set), ``sampler`` (SamplerConfig.merged), ``reward`` / ``termination``
+        (Hooks), ``starts``, ``frames_per_step`` and ``dtype`` (LearnedWorld), ``device`` (torch)."""
+        for name in ("text_actions", "use_memory", "render_cache"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+            setattr(self, name, bool(value))
+        for name, low in (("cache_max", 2), ("memory_capacity", 1), ("map_points", 1), ("imagine_chunk", 1)):
+            setattr(self, name, _integer(getattr(self, name), name, low))
+        if self.frames_per_step is not None:
+            self.frames_per_step = _integer(self.frames_per_step, "frames_per_step", 1)
+        fov = self.fov_deg
+        if isinstance(fov, (bool, np.bool_)) or not isinstance(fov, (int, float, np.integer, np.floating)) or not 0 < fov < 180:
+            raise ValueError(f"fov_deg must be a number of degrees in (0, 180), got {fov!r}")
+        if not isinstance(self.dtype, (str, torch.dtype)):
+            raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {self.dtype!r}")
+
+
+def _integer(value, name: str, low: int) -> int:
+    """``value`` as an int >= ``low``; ValueError naming it otherwise (a bool or a float is no integer)."""
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError
+        i = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}") from None
+    if i < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return i
 
 
 def make_config(options: dict) -> LearnedEnvConfig:
-    """``LearnedEnvConfig`` from keyword arguments; ValueError naming an unknown one."""
+    """``LearnedEnvConfig`` from keyword arguments; ValueError naming an unknown one or a bad value."""
     known = {f.name for f in fields(LearnedEnvConfig)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown DeepVerse-v0 argument(s) {unknown}; expected checkpoint, render_mode or {sorted(known)}")
     return LearnedEnvConfig(**options)
+
+
+@dataclass(frozen=True)
+class StateSource:
+    """What a ``WorldState`` was taken from: everything its tensors' shapes and meaning depend on. A
+    snapshot restores into (or is imagined from in) a world of the same source only."""
+
+    model: int  # id() of the model object: the snapshot's rollout holds the model, so the id cannot be reused
+    # while the snapshot lives; the decoder stream is keyed by the model's modules, so even a model loaded
+    # from the same checkpoint is another model here
+    worlds: int  # B
+    height: int
+    width: int
+    cache_max: int
+    memory_capacity: int
+    render_cache: bool  # whether the 3D cache is held (render_cache and a model with a refiner)
+    map_points: int
+    device: str
+
+    def mismatch(self, other: StateSource) -> list[str]:
+        """'name=theirs (this world: ours)' for every field where ``other`` (the snapshot's) differs."""
+        out = []
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine != theirs:
+                if f.name == "model":
+                    out.append(f"model=another model object (id {theirs:#x}; this world's: {mine:#x})")
+                else:
+                    out.append(f"{f.name}={theirs!r} (this world: {mine!r})")
+        return out
 
 
 @dataclass
@@ -68,6 +134,7 @@ class WorldState:
     generator: Tensor  # sampler noise state
     maps: list[WorldMap]
     scene_seeds: np.ndarray
+    source: StateSource  # what it was taken from: set_state and imagine check it before touching anything
 
 
 def load_model(checkpoint: str | Path | DeepVerse | None, device: str | torch.device = "cpu") -> DeepVerse:
@@ -117,7 +184,6 @@ class LearnedWorld:
         self.starts = SimulatorStarts(self.H, self.W, c.fov_deg) if c.starts is None else c.starts
         self.actions = get_action_set(c.action_set)
         self.sentences = SENTENCES if c.text_actions else tuple(a.sentence for a in self.actions.actions)  # id -> text
-        self.hooks = Hooks(c.reward, c.termination)  # replaceable: a task installs its own per episode
         self.generator = torch.Generator(self.device)
         rollout_config = RolloutConfig(
             cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
@@ -127,6 +193,61 @@ class LearnedWorld:
         self.td: TensorDict | None = None  # (B,) current frames + hook state entries; None before start
         self.maps = [WorldMap(c.map_points) for _ in range(self.B)]
         self.scene_seeds = np.full(self.B, -1, dtype=np.int64)  # simulator world of each start, -1 = not known
+        self.hooks = Hooks(c.reward, c.termination)  # replaceable: a task installs its own per episode
+
+    # ---- hooks -----------------------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> Hooks:
+        """The reward and termination hooks; setting them scores a dry run first (``check_hooks``)."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        self.check_hooks(hooks)
+        self._hooks = hooks
+
+    def check_hooks(self, hooks: Hooks) -> None:
+        """ValueError unless ``hooks`` can score this world's transitions: a dry run scores the transition
+        from the current frames (before the first start: a stand-in frame, black, 1 m deep, the default
+        camera) to themselves under every action id, and checks each output is a (batch,) tensor. So a hook
+        that cannot score this env (an ``action_cost`` table shorter than the action set, an image goal of
+        another size, hook state of another shape) fails when it is installed, not in the middle of an
+        episode. A hook that fails only on some frames is still caught atomically by ``step``. Hooks are
+        called on copies of the state; a hook with side effects outside its ``td`` sees one extra call."""
+        if not isinstance(hooks, Hooks):
+            raise ValueError(f"hooks must be a deepverse_env.rewards.Hooks, got {hooks!r}")
+        n = len(self.sentences)
+        state = self.td if self.td is not None else self._stand_in()
+        if isinstance(hooks, PerWorldHooks):  # one Hooks per world: score all B worlds at once, ids cycling
+            batches = [(state, (np.arange(self.B) + k) % n) for k in range(0, n, self.B)]
+        else:  # world 0 under every action id in one batch
+            batches = [(state[torch.zeros(n, dtype=torch.long, device=state.device)], np.arange(n))]
+        for before, ids in batches:
+            try:
+                after = before.select(*FRAME_KEYS)
+                _, reward, done = hooks.step(before, ids, after)
+                for what, out in (("reward", reward), ("termination", done)):
+                    if not torch.is_tensor(out) or tuple(out.shape) != (len(ids),):
+                        shape = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+                        raise ValueError(f"the {what} hook gave {shape} for a batch of {len(ids)}; expected ({len(ids)},)")
+            except Exception as e:
+                raise ValueError(
+                    f"these hooks cannot score this env's transitions: a dry run of every action id 0..{n - 1} "
+                    f"raised {type(e).__name__}: {e}"
+                ) from e
+
+    def _stand_in(self) -> TensorDict:
+        """(B,) plain first frames for a dry run before any start: black, 1 m deep, identity pose, a pinhole
+        of ``fov_deg``."""
+        f = self.W / 2 / math.tan(math.radians(float(self.config.fov_deg)) / 2)
+        K = torch.tensor([[f, 0, self.W / 2], [0, f, self.H / 2], [0, 0, 1]], dtype=torch.float32)
+        B = self.B
+        return TensorDict(
+            {"rgb": torch.zeros(B, self.H, self.W, 3, dtype=torch.uint8), "depth": torch.ones(B, self.H, self.W, 1),
+             "pose": torch.eye(4).repeat(B, 1, 1), "intrinsics": K.repeat(B, 1, 1)},
+            [B], device=self.device,
+        )
 
     # ---- start and step ------------------------------------------------------------------------
 
@@ -171,8 +292,17 @@ class LearnedWorld:
         Returns:
             frames TensorDict (B, F), rewards (B,) float, terminated (B,) bool.
         """
-        chunk = self.rollout.step([self.sentences[i] for i in ids])
-        self.td, reward, terminated = self.hooks.step(self.td, ids, chunk[:, -1])
+        # All or nothing: the hooks score the chunk inside the rollout's step, after it is generated and
+        # before the rollout commits it (Rollout.step's before_commit), so a hook that raises leaves the
+        # windows, memory, 3D cache and sampler noise as they were and the env steps on as if the call
+        # never came. That costs nothing, where a snapshot to roll back to would copy the whole state
+        # (the memory pool alone is 16 MiB a world) every step. check_hooks catches most bad hooks earlier.
+        scored = []
+        chunk = self.rollout.step(
+            [self.sentences[i] for i in ids],
+            before_commit=lambda chunk: scored.append(self.hooks.step(self.td, ids, chunk[:, -1])),
+        )
+        self.td, reward, terminated = scored[0]
         self._record(np.arange(self.B), self.td)
         return chunk, reward, terminated
 
@@ -209,15 +339,38 @@ class LearnedWorld:
 
     # ---- planning --------------------------------------------------------------------------------
 
+    @property
+    def source(self) -> StateSource:
+        """What this world's snapshots are taken from (``WorldState.source``)."""
+        c = self.config
+        return StateSource(
+            model=id(self.rollout.model), worlds=self.B, height=self.H, width=self.W, cache_max=c.cache_max,
+            memory_capacity=c.memory_capacity, render_cache=self.rollout.cache is not None, map_points=c.map_points,
+            device=str(self.device),
+        )
+
     def get_state(self) -> WorldState:
         return WorldState(
             self.rollout.clone(), self.td.clone(), self.generator.get_state(), [m.copy() for m in self.maps],
-            self.scene_seeds.copy(),
+            self.scene_seeds.copy(), self.source,
         )
 
+    def check_state(self, state) -> WorldState:
+        """``state`` if it is a ``WorldState`` taken from a world like this one (same model object, number
+        of worlds, frame size, cache_max, memory capacity, 3D cache, map size, device); else a ValueError
+        naming every difference. Nothing is touched."""
+        if not isinstance(state, WorldState):
+            raise ValueError(f"state must be a WorldState from get_state(), got {type(state).__name__} {state!r:.80}")
+        diff = self.source.mismatch(state.source)
+        if diff:
+            raise ValueError(
+                f"this snapshot was taken from another world: {'; '.join(diff)}. A get_state() snapshot "
+                "restores only into an env of the same model object and settings"
+            )
+        return state
+
     def set_state(self, state: WorldState) -> None:
-        if state.rollout.B != self.B:
-            raise ValueError(f"a state of {state.rollout.B} worlds cannot be restored into {self.B}")
+        self.check_state(state)  # before anything changes: a rejected snapshot leaves the world as it was
         self.rollout.load(state.rollout)
         self.td = state.td.clone()
         self.generator.set_state(state.generator)
@@ -225,25 +378,58 @@ class LearnedWorld:
         self.scene_seeds = state.scene_seeds.copy()
 
     def imagine(self, index: np.ndarray, ids: np.ndarray, state: WorldState | None, seed: int) -> TensorDict:
-        """Roll action sequences from worlds ``index`` in one batched rollout of a copy; nothing here changes.
+        """Roll action sequences from worlds ``index`` in batched rollouts of copies; nothing here changes.
+
+        The M candidates are rolled ``config.imagine_chunk`` at a time, so peak memory is bounded whatever
+        M is: each candidate of a chunk holds a copy of its world's rollout state (windows, decoder stream,
+        memory pool, 3D cache: ``rollout.nbytes() / B``, 26 MiB a world for the shipped model at the
+        default settings) plus its share of the chunk's activations (about 80 MB a candidate in all for the
+        shipped model on CPU), so imagine's peak is about ``imagine_chunk`` x that (~5 GB at the default 64)
+        plus the returned frames, M x L x (H x W x 7 + 120) bytes, which are the answer. Chunk k's noise
+        comes from its own generator, seeded with ``seed`` for chunk 0 and with ``chunk_seed(seed, k)``
+        for k > 0: the result depends on the seed and ``imagine_chunk`` only, and a call of at most
+        ``imagine_chunk`` candidates is one batched rollout seeded with ``seed``, as before chunking.
 
         Args:
             index: (M,) the world each sequence starts from (repeats: many candidates from one state).
             ids: (M, L) action ids.  state: start from this snapshot instead of the current worlds.
-            seed: of the imagined rollout's noise.
+            seed: of the imagined rollout's noise, an integer in [0, 2**64).
         Returns:
             TensorDict (M, L): the frame after each step (rgb, depth, pose, intrinsics), ``action``,
             ``reward`` and ``terminated`` from the hooks, and ``scale`` (the window scale).
         """
+        if state is not None:
+            self.check_state(state)
         rollout, td = (self.rollout, self.td) if state is None else (state.rollout, state.td)
         rows = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        ids = np.asarray(ids)
+        size = self.config.imagine_chunk
+        return torch.cat(
+            [
+                self._imagine_chunk(rollout, td, rows[k : k + size], ids[k : k + size], chunk_seed(seed, k // size))
+                for k in range(0, len(rows), size)
+            ],
+            dim=0,
+        )
+
+    def _imagine_chunk(self, rollout: Rollout, td: TensorDict, rows: Tensor, ids: np.ndarray, seed: int) -> TensorDict:
         branch = rollout.select(rows)
         branch.generator = torch.Generator(self.device).manual_seed(seed)
         frames, scales = [], []
         for step_ids in ids.T:  # (M,) per step
             frames.append(branch.step([self.sentences[i] for i in step_ids])[:, -1].select(*FRAME_KEYS))
             scales.append(branch.scale.clone())
+        del branch  # its copy of the rollout state goes before the next chunk's is made
         # (M, L); the hooks start from td[rows], their entries included, so stateful hooks branch too
         out = self.hooks.rollout(td[rows], torch.as_tensor(ids, dtype=torch.long), torch.stack(frames, dim=1))
         out["scale"] = torch.stack(scales, dim=1)
         return out
+
+
+def chunk_seed(seed: int, k: int) -> int:
+    """The noise seed of chunk ``k`` of an ``imagine`` call seeded with ``seed``: ``seed`` itself for chunk 0
+    (so a call that fits one chunk is what it was before chunking), a ``numpy.random.SeedSequence((seed, k))``
+    draw in [0, 2**64) for the others."""
+    if k == 0:
+        return int(seed)
+    return int(np.random.SeedSequence((int(seed), int(k))).generate_state(1, np.uint64)[0])

@@ -31,6 +31,54 @@ def check_arguments(action_set, frames_per_step, height, width, fov_deg, render_
     return actions
 
 
+RESET_OPTIONS = ("scene_seed",)  # what reset(options=...) of DeepVerseSim-v0 (and its vector env) knows
+
+
+def check_reset_options(options, env: str = "DeepVerseSim-v0") -> dict[str, Any]:
+    """``options`` of ``reset`` as a dict (None: {}); ValueError naming unknown keys and the known ones."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"reset options must be a dict or None, got {options!r}")
+    unknown = [k for k in options if k not in RESET_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown} for {env}; the known options are {list(RESET_OPTIONS)}")
+    return options
+
+
+def check_scene_seed(value, what: str = "options['scene_seed']") -> int | None:
+    """A world seed: None (drawn from the env's stream) or an integer in [0, 2**63); ValueError naming it."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**63:
+        raise ValueError(f"{what} must be None or a non-negative integer (a world seed below 2**63), got {value!r}")
+    return int(value)
+
+
+def dry_run_frames(height: int, width: int, K: torch.Tensor) -> TensorDict:
+    """(1,) a frame of the observation keys (black, 1 m deep, identity pose) on which envs dry-run their hooks."""
+    return TensorDict(
+        {
+            "rgb": torch.zeros(1, height, width, 3, dtype=torch.uint8),
+            "depth": torch.ones(1, height, width, 1),
+            "pose": torch.eye(4)[None],
+            "intrinsics": K.reshape(1, 3, 3).float(),
+        },
+        batch_size=[1],
+    )
+
+
+def check_hooks(
+    hooks, actions: ActionSet, height: int, width: int, K: torch.Tensor, env: str, batch: int | None = None
+) -> Hooks:
+    """``hooks`` as installed in a simulator env: ValueError unless it is a ``Hooks`` that scores the env's
+    action set and frames (``Hooks.check``: a dry-run transition per action id, ``batch`` at a time)."""
+    if not isinstance(hooks, Hooks):
+        raise ValueError(f"hooks must be a deepverse_env.rewards.Hooks, got {hooks!r}")
+    hooks.check(dry_run_frames(height, width, K), len(actions), env, batch)
+    return hooks
+
+
 def frames_state(frames: dict[str, np.ndarray], batch: int) -> TensorDict:
     """Observation arrays, each (batch, ...), as a TensorDict the hooks score (copies: callers keep theirs)."""
     return TensorDict({k: torch.from_numpy(v.copy()) for k, v in frames.items()}, batch_size=[batch])
@@ -113,12 +161,16 @@ class DeepVerseSimEnv(gym.Env):
     through the same ``Hooks`` code path, so a task means the same in the true and the learned world; 0.0
     without one. A hook sees the state before (observation keys), ``action`` and ``("next", ...)`` the
     state after; the entries it writes under ``next`` are carried to the next step and dropped at reset.
-    ``hooks`` may be replaced between episodes (``agents.tasks`` installs a goal per episode).
+    ``hooks`` may be replaced between episodes (``agents.tasks`` installs a goal per episode). Hooks are
+    checked when installed (in ``gym.make`` and on assignment): one dry-run transition per action id is
+    scored, so a hook that does not fit the env (e.g. an ``action_cost`` table of the wrong length) is a
+    ValueError then, not mid-episode.
 
     ## Starting State
 
-    A new world per reset (its seed drawn from ``np_random``, or ``options={"scene_seed": k}``), the
-    camera at a free spot of a random room, 1.5 m above the floor, random heading, level.
+    A new world per reset (its seed drawn from ``np_random``, or ``options={"scene_seed": k}``, k >= 0), the
+    camera at a free spot of a random room, 1.5 m above the floor, random heading, level. ``scene_seed`` is
+    the only option; others are a ValueError.
 
     ## Episode End
 
@@ -194,11 +246,20 @@ class DeepVerseSimEnv(gym.Env):
         self.hooks = Hooks(reward, termination)
         self._td: TensorDict | None = None  # (1,) the current frame and the hooks' state entries
 
+    @property
+    def hooks(self) -> Hooks:
+        """The reward and termination hooks (``deepverse_env.rewards.Hooks``); a task may replace them.
+        Assigning checks them (a dry-run transition per action id): ValueError if they do not fit."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        self._hooks = check_hooks(hooks, self.actions, self.height, self.width, self.K, "DeepVerseSim-v0")
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        scene_seed = check_scene_seed(check_reset_options(options).get("scene_seed"))  # before anything changes
         super().reset(seed=seed)
-        self.scene, self._state = agent.start_episode(
-            self.np_random, self.scene_config, (options or {}).get("scene_seed")
-        )
+        self.scene, self._state = agent.start_episode(self.np_random, self.scene_config, scene_seed)
         self._batch = SceneBatch.stack([self.scene])
         self._start = self._state.copy()
         self._trajectory = [self._state[:2].copy()]

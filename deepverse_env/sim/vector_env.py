@@ -13,7 +13,14 @@ from gymnasium.vector.utils import batch_space
 from deepverse_env.actions import ActionSet
 from deepverse_env.rewards import Hooks, start_state
 from deepverse_env.sim import agent
-from deepverse_env.sim.env import check_arguments, frames_state, render_frame
+from deepverse_env.sim.env import (
+    check_arguments,
+    check_hooks,
+    check_reset_options,
+    check_scene_seed,
+    frames_state,
+    render_frame,
+)
 from deepverse_env.sim.raycast import SceneBatch, render
 from deepverse_env.sim.world import Scene, SceneConfig
 from deepverse_env.spaces import action_space, check_action, observation_space
@@ -102,14 +109,28 @@ class DeepVerseSimVectorEnv(VectorEnv):
         self.hooks = Hooks(reward, termination)
         self._td = None  # (N,) the current frames and the hooks' state entries
 
+    @property
+    def hooks(self) -> Hooks:
+        """The reward and termination hooks (a ``Hooks``, or ``PerWorldHooks`` with one per world); assigning
+        checks them with a dry-run transition per action id (ValueError if they do not fit)."""
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        self._hooks = check_hooks(  # scored as step scores them: a batch of num_envs transitions
+            hooks, self.actions, self.height, self.width, self.K, "DeepVerseSim-v0", self.num_envs
+        )
+
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         N = self.num_envs
+        scene_seeds = check_reset_options(options, "the DeepVerseSim-v0 vector env").get("scene_seed")
+        if scene_seeds is not None:  # checked before anything changes
+            if isinstance(scene_seeds, (str, bytes)) or np.shape(scene_seeds) != (N,):
+                raise ValueError(f"options['scene_seed'] must hold {N} seeds, got {scene_seeds!r}")
+            scene_seeds = [check_scene_seed(s, f"options['scene_seed'][{i}]") for i, s in enumerate(scene_seeds)]
         seeds = vector_seeds(seed, N)
         if seeds is not None or self._rngs is None:
             self._rngs = [seeding.np_random(s)[0] for s in (seeds or [None] * N)]
-        scene_seeds = (options or {}).get("scene_seed")
-        if scene_seeds is not None and np.shape(scene_seeds) != (N,):
-            raise ValueError(f"options['scene_seed'] must hold {N} seeds, got {scene_seeds!r}")
         self._scenes, self._trajectories = [None] * N, [None] * N
         self._start, self._state = np.zeros((N, 4)), np.zeros((N, 4))
         for i in range(N):
