@@ -310,28 +310,6 @@ def train_ppo(
     model.save(out / "ppo.zip")
     saver.write(model.num_timesteps)
     return out / "ppo.zip"
-    venv = TaskVecEnv(task, world, num_envs, seed, keys, checkpoint=checkpoint, **config)
-    venv.seed(seed)
-    resume = latest_checkpoint(out)
-    arguments = {"n_steps": 64, "batch_size": 256, "n_epochs": 4, "gamma": 0.95, "ent_coef": 0.01, **(ppo or {})}
-    if resume is not None:
-        model = PPO.load(resume, env=venv, device="cpu")
-    else:
-        model = PPO("MultiInputPolicy", venv, seed=seed, device="cpu", verbose=0, **arguments)
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"settings": settings, "steps_done": int(model.num_timesteps)}, indent=2))
-    remaining = steps - model.num_timesteps
-    start = time.perf_counter()
-    if remaining > 0:
-        saver = CheckpointCallback(max(1, save_every // num_envs), str(out / "checkpoints"), name_prefix="ppo")
-        model.learn(remaining, callback=saver, progress_bar=progress_bar, reset_num_timesteps=resume is None)
-    model.save(out / "ppo.zip")
-    previous = json.loads(record.read_text()).get("wall_s", 0.0)
-    record.write_text(json.dumps({
-        "settings": settings, "steps_done": int(model.num_timesteps),
-        "wall_s": round(previous + time.perf_counter() - start, 1), "torch_threads": torch.get_num_threads(),
-    }, indent=2))
-    return out / "ppo.zip"
 
 
 def run_policy(task: Task, policy, sim, seed: int, keys=(), deterministic: bool = True) -> EpisodeResult:
