@@ -6,6 +6,7 @@
     deepverse bench env [--checkpoint DIR] [--out FILE]   DeepVerse-v0 steps/s, single and batched, vs the simulator
     deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
     deepverse eval [--checkpoint DIR] [--seeds A:B] [--frames N] [--out DIR]   rollouts vs the simulator, per horizon
+    deepverse drift [--checkpoint DIR] [--seeds A:B] [--steps N] [--out DIR]   long-rollout height, depth, fx vs the simulator
     deepverse agents train --world learned|sim --steps N --out DIR   SB3 PPO on a task, in imagination or the simulator
     deepverse agents eval --agents random cem ... --episodes N       agents on held-out task seeds, judged in the simulator
     deepverse play [--sim] [--checkpoint DIR] [--seed S] [--scale N] [--max-steps N]   keyboard play in a pygame window
@@ -346,6 +347,40 @@ def add_eval(subparsers) -> None:
     p.set_defaults(func=run_eval, indent=1)
 
 
+def run_drift(args: argparse.Namespace) -> dict:
+    """A long random rollout of the learned world against the simulator; the summary is what ``main`` prints."""
+    from deepverse_env.drift import run_drift as drift
+
+    with output_dir(args.out) as out:
+        return drift(
+            out, checkpoint=args.checkpoint, seeds=args.seeds, steps=args.steps, seed=args.seed,
+            render_cache=not args.no_render_cache, embodied=not args.raw, block=args.block,
+            progress=not args.no_progress,
+        )
+
+
+def add_drift(subparsers) -> None:
+    p = subparsers.add_parser(
+        "drift",
+        help="does a long rollout stay metric? camera height, median depth and fx against the simulator",
+        description="Roll the learned world (no re-sync) and the simulator with the same uniformly random actions "
+        "from the same 4D start frames for --steps steps; record the camera height above the start (the truth stays "
+        "at 0: every action moves in the horizontal plane), the median depth, fx and the window scale per step; write "
+        "drift.json, drift.md (figures per block of steps), drift.png (series against the step) and frames.png.",
+    )
+    p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    p.add_argument("--seeds", default="2000000:2000004", help="world seeds, A:B or A,B,C (default: 4 test worlds)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="env steps of the rollout (default 1000)")
+    p.add_argument("--block", type=positive_int, default=100, help="steps per row of the report (default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random actions (default 0)")
+    p.add_argument("--no-render-cache", action="store_true", help="the paper's path: no 3D-cache refinement")
+    p.add_argument("--raw", action="store_true", help="the cameras as predicted (embodied=False): no level body, "
+                   "no fixed intrinsics, no metric anchor")
+    p.add_argument("--out", type=Path, default=Path("drift"), help="output directory (default ./drift)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_drift, indent=1)
+
+
 def run_play(args: argparse.Namespace) -> dict:
     """Keyboard play in a pygame window; the summary is what ``main`` prints. No pygame is a clean error
     (``DependencyNotInstalled`` is an expected failure of ``main``)."""
@@ -406,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(subparsers)
     add_demo(subparsers)
     add_eval(subparsers)
+    add_drift(subparsers)
     add_agents(subparsers)
     add_play(subparsers)
     for sub in set(subparsers.choices.values()):

@@ -243,6 +243,7 @@ def test_imagine_in_chunks_is_bounded_and_repeatable(model, monkeypatch):
     [
         ("use_memory", "no", "True or False"),
         ("render_cache", 1, "True or False"),
+        ("embodied", "yes", "True or False"),
         ("text_actions", "yes", "True or False"),
         ("cache_max", 6.0, "an integer >= 2"),
         ("cache_max", True, "an integer >= 2"),

@@ -208,3 +208,25 @@ def test_bad_inputs_are_named():
         G.scale_intrinsics(torch.eye(3), 0)
     with pytest.raises(KeyError, match="not in the caption vocabulary"):
         sentence_index("fly to the moon")
+
+
+def test_level_pose_matches_the_simulator_agent():
+    """level_pose rebuilds R_yaw @ R_pitch (the simulator's convention) from a pose's optical axis, drops
+    roll, clamps pitch and sets the height; a level pose is left as it is."""
+    from deepverse_env.sim.agent import _rotation
+
+    rng = np.random.default_rng(0)
+    yaw, pitch = rng.uniform(-3, 3, 20), rng.uniform(-0.5, 0.5, 20)
+    T = np.tile(np.eye(4), (20, 1, 1))
+    T[:, :3, :3], T[:, :3, 3] = _rotation(yaw, pitch), rng.normal(size=(20, 3))
+    level = torch.tensor(T, dtype=torch.float32)
+    out = G.level_pose(level, 0.0)
+    assert torch.allclose(out[:, :3, :3], level[:, :3, :3], atol=1e-5)
+    assert torch.equal(out[:, [0, 2], 3], level[:, [0, 2], 3]) and (out[:, 1, 3] == 0).all()
+    roll = torch.eye(4).repeat(20, 1, 1)
+    c, s = np.cos(0.3), np.sin(0.3)
+    roll[:, :2, :2] = torch.tensor([[c, -s], [s, c]], dtype=torch.float32)  # 17 degrees about the optical axis
+    rolled = G.level_pose(level @ roll, 0.0)
+    assert torch.allclose(rolled[:, :3, :3], out[:, :3, :3], atol=1e-5)  # roll removed, heading and tilt kept
+    steep = G.level_pose(level, 0.0, max_pitch=0.1)
+    assert (torch.asin(-steep[:, 1, 2]).abs() <= 0.1 + 1e-5).all()

@@ -2,7 +2,9 @@
 the weights before the 3D-cache refiner was added), pinned in ``tests/data/pinned_rollout.npz``.
 
 The pin was written before the structure change of issue 11 (sampler config, condition object, state
-module, learned-env split) and reproduced bit for bit after it, on the machine that wrote it. Another CPU
+module, learned-env split) and reproduced bit for bit after it, on the machine that wrote it. It was
+rewritten when the embodied camera became the default (issue 16: start intrinsics, a level camera, the
+metric anchor); with ``embodied=False`` the old pin was reproduced within float noise. Another CPU
 may round a few operations differently, so the test allows float noise (and says when it is not exact).
 Rewrite the pin only for a change that is meant to change the frames:
 

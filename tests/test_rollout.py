@@ -2,6 +2,7 @@
 import gymnasium as gym
 import pytest
 import torch
+from tensordict import TensorDict
 
 import deepverse_env  # noqa: F401
 import world_model.rollout
@@ -160,3 +161,69 @@ def test_worlds_at_different_window_lengths_share_one_model_call(tiny_model, mon
     assert calls == [4]  # one call with 4 history frames for windows of 4, 6 and 6
     assert r.length.tolist() == [5, 4, 4]  # world 0 grew, worlds 1 and 2 slid (keep 4)
     assert all(torch.isfinite(chunk[k].float()).all() for k in ("depth", "pose", "intrinsics"))
+
+
+def test_generated_frames_keep_the_start_intrinsics(tiny_model):
+    """No action zooms: with ``fixed_intrinsics`` every frame has the start frame's K; without, the raymap's."""
+    rgb, depth, K = first_frames(2)
+    for fixed in (True, False):
+        r = make(tiny_model, 2, seed=2, cache_max=3, fixed_intrinsics=fixed)
+        r.reset(rgb, depth, K)
+        chunks = [r.step(WALK[:2]) for _ in range(4)]  # a slide re-encodes the kept frames' intrinsics
+        same = all(torch.equal(c["intrinsics"], K[:, None].expand_as(c["intrinsics"])) for c in chunks)
+        assert same == fixed
+    with pytest.raises(ValueError, match="fixed_intrinsics must be True or False, got 'yes'"):
+        make(tiny_model, 1, fixed_intrinsics="yes")
+
+
+def test_a_slide_pulls_the_window_scale_towards_the_start_frame(tiny_model):
+    """The start frame sets how many metres the window is: kept frames whose depth came out 2x too far
+    are brought back (all the way at metric_anchor 1, half-way in log scale at 0.5), translations about the
+    first kept camera with them; seen from behind, the floor alone still measures it; a frame that neither
+    sees the start frame's surfaces nor a floor keeps its scale."""
+    rgb, depth, K = first_frames(1, seed=4)  # a start that sees the floor
+    step = torch.eye(4)
+    step[0, 3] = 0.2  # a second kept frame 0.2 m to the right of the first
+    kept = TensorDict({
+        "rgb": rgb[:, None].repeat(1, 2, 1, 1, 1), "depth": 2 * depth[:, None].repeat(1, 2, 1, 1, 1),
+        "pose": torch.stack([torch.eye(4), step])[None], "intrinsics": K[:, None].repeat(1, 2, 1, 1),
+    }, [1, 2])
+    world = torch.tensor([0])
+    for strength, factor in ((1.0, 0.5), (0.5, 0.5**0.5), (0.0, 1.0)):
+        r = make(tiny_model, 1, metric_anchor=strength)
+        r.reset(rgb, depth, K)
+        assert float(r.floor[0]) == pytest.approx(1.5, rel=1e-4)  # the simulator's eye height
+        out = r._anchor_to_start(world, kept)
+        assert torch.allclose(out["depth"], kept["depth"] * factor, rtol=1e-5)
+        assert torch.allclose(out["pose"][0, 1, 0, 3], torch.tensor(0.2 * factor), rtol=1e-5)
+        assert torch.equal(out["pose"][0, 0], torch.eye(4)) and torch.equal(out["rgb"], kept["rgb"])
+    behind = kept.clone()
+    behind["pose"] = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])) @ kept["pose"]  # turned around
+    r = make(tiny_model, 1, metric_anchor=1.0)
+    r.reset(rgb, depth, K)
+    out = r._anchor_to_start(world, behind)
+    assert torch.allclose(out["depth"], behind["depth"] * 0.5, rtol=1e-5)  # the floor is 3 m down, not 1.5
+    wall = behind.clone()
+    wall["depth"] = torch.full_like(behind["depth"], 2.0)  # a wall filling the view: no floor
+    out = r._anchor_to_start(world, wall)
+    assert torch.equal(out["depth"], wall["depth"]) and torch.allclose(out["pose"], wall["pose"])
+    with pytest.raises(ValueError, match=r"metric_anchor must be in \[0, 1\], got 2"):
+        make(tiny_model, 1, metric_anchor=2)
+
+
+def test_level_camera_keeps_heading_and_tilt_drops_roll_and_climb(tiny_model):
+    """The body walks on a level floor: generated cameras keep the start height, never roll, tilt at most
+    max_pitch_deg; the predicted heading is kept. Without level_camera the raymap's poses come through."""
+    rgb, depth, K = first_frames(2)
+    for level in (True, False):
+        r = make(tiny_model, 2, seed=4, cache_max=3, level_camera=level, max_pitch_deg=20.0)
+        r.reset(rgb, depth, K)
+        pose = torch.cat([r.step(WALK[1:3])["pose"] for _ in range(4)], dim=1)  # (2, 16, 4, 4)
+        right = pose[..., :3, 0]  # the camera's x axis in the episode frame: horizontal without roll
+        is_level = bool((pose[..., 1, 3].abs() < 1e-6).all() and (right[..., 1].abs() < 1e-5).all())
+        assert is_level == level
+        if level:
+            pitch = torch.asin(-pose[..., 1, 2]).rad2deg()
+            assert (pitch.abs() <= 20.0 + 1e-3).all()
+    with pytest.raises(ValueError, match=r"max_pitch_deg must be in \(0, 90\], got 0"):
+        make(tiny_model, 1, max_pitch_deg=0)

@@ -344,6 +344,31 @@ def unscale_poses(c2w: Tensor, scale: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------
 
 
+def level_pose(c2w: Tensor, height: Tensor | float = 0.0, max_pitch: float = math.pi / 2) -> Tensor:
+    """The nearest pose of a camera on a body walking on a level floor: no roll, pitch within ``max_pitch``,
+    its centre at ``y = height`` (OpenCV: y is down and the frame's y axis is the vertical).
+
+    The heading (yaw about y) and the tilt come from the camera's optical axis; the rotation is rebuilt as
+    R_yaw @ R_pitch, the simulator agent's convention (``deepverse_env.sim.agent``).
+
+    Args:
+        c2w: (..., 4, 4).  height: broadcastable to (...,).  max_pitch: radians.
+    Returns:
+        (..., 4, 4) level poses.
+    """
+    f = c2w[..., :3, 2]  # (..., 3) optical axis
+    yaw = torch.atan2(-f[..., 0], f[..., 2])  # + = turned left (counter-clockwise seen from above)
+    pitch = torch.atan2(-f[..., 1], torch.linalg.vector_norm(f[..., [0, 2]], dim=-1)).clamp(-max_pitch, max_pitch)
+    cy, sy, cp, sp = yaw.cos(), yaw.sin(), pitch.cos(), pitch.sin()
+    zero, one = torch.zeros_like(yaw), torch.ones_like(yaw)
+    R_yaw = torch.stack([cy, zero, -sy, zero, one, zero, sy, zero, cy], -1).unflatten(-1, (3, 3))
+    R_pitch = torch.stack([one, zero, zero, zero, cp, -sp, zero, sp, cp], -1).unflatten(-1, (3, 3))
+    out = c2w.clone()
+    out[..., :3, :3] = R_yaw @ R_pitch
+    out[..., 1, 3] = torch.as_tensor(height, dtype=c2w.dtype, device=c2w.device).expand(c2w.shape[:-2])
+    return out
+
+
 def unproject(depth: Tensor, K: Tensor, c2w: Tensor) -> Tensor:
     """World-frame 3D points of every pixel.
 

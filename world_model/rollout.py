@@ -23,6 +23,7 @@ Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
 from world_model.refine import refiner_inputs
+from world_model.splat import splat
 from world_model.state import normalize_frames, to_frames, to_rgb8
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,6 +57,28 @@ class RolloutConfig:
     dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
     max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
     scale_quantile: float = 0.01  # share of nearest generated depth pixels a slide ignores when it rescales
+    fixed_intrinsics: bool = True  # every frame keeps the start frame's intrinsics (no action zooms; see _generate)
+    level_camera: bool = True  # the camera of a body walking on a level floor: no roll, start height (see _generate)
+    max_pitch_deg: float = 30.0  # with level_camera: the head tilts at most this far (the simulator's PITCH_LIMIT)
+    metric_anchor: float = 0.5  # share (log scale) of a slide's scale disagreement with the start corrected
+    anchor_overlap: float = 0.2  # share of the new first frame seeing the start frame's surfaces for full trust
+
+
+def floor_height(depth: Tensor, K: Tensor, c2w: Tensor, share: float = 0.05, tolerance: float = 0.1) -> tuple[Tensor, Tensor]:
+    """How far below a level camera the floor is, from one frame, and whether a floor is seen.
+
+    The height is the 95th percentile of the height below the camera of the lower half of the image's
+    points. It is a floor when at least ``share`` of the points of *each* quarter of the image below the
+    middle lie within ``tolerance`` of it: a horizontal surface is at one height from row to row, while a
+    wall that hides the floor only reaches its lowest height in the bottom rows.
+    depth (b, H, W) metres, K (b, 3, 3), c2w (b, 4, 4) level poses. Returns (height (b,) metres, flat (b,) bool).
+    """
+    H = depth.shape[-2]
+    below = G.unproject(depth, K, c2w)[:, H // 2 :, :, 1] - c2w[:, 1, 3, None, None]  # (b, H/2, W) y is down
+    height = torch.quantile(below.flatten(1), 0.95, dim=1)  # (b,)
+    near = ((below - height[:, None, None]).abs() <= tolerance * height.abs()[:, None, None]).float()
+    upper, lower = near[:, : near.shape[1] // 2].mean(dim=(1, 2)), near[:, near.shape[1] // 2 :].mean(dim=(1, 2))
+    return height, (height > 0) & (upper >= share) & (lower >= share)
 
 
 class Rollout:
@@ -88,6 +112,15 @@ class Rollout:
             raise ValueError(f"max_rescale must be > 1, got {c.max_rescale!r}")
         if not 0.0 <= c.scale_quantile < 0.5:
             raise ValueError(f"scale_quantile must be in [0, 0.5), got {c.scale_quantile!r}")
+        for name in ("fixed_intrinsics", "level_camera"):
+            if not isinstance(getattr(c, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
+        if not 0.0 < c.max_pitch_deg <= 90.0:
+            raise ValueError(f"max_pitch_deg must be in (0, 90], got {c.max_pitch_deg!r}")
+        if not 0.0 <= c.metric_anchor <= 1.0:
+            raise ValueError(f"metric_anchor must be in [0, 1], got {c.metric_anchor!r}")
+        if not 0.0 < c.anchor_overlap <= 1.0:
+            raise ValueError(f"anchor_overlap must be in (0, 1], got {c.anchor_overlap!r}")
         model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
         self.B = int(batch_size)
         self.generator = generator
@@ -103,6 +136,9 @@ class Rollout:
         self.anchor = torch.eye(4, device=self.device).repeat(self.B, 1, 1)  # (B, 4, 4) window's first camera
         self.scale = torch.ones(self.B, device=self.device)  # (B,) metres per unit of the window
         self.unit = torch.ones(self.B, device=self.device)  # (B,) the first window's scale: memory units
+        self.origin = torch.ones(self.B, self.H, self.W, device=self.device)  # (B, H, W) start frame's depth, metres
+        self.origin_K = torch.eye(3, device=self.device).repeat(self.B, 1, 1)  # (B, 3, 3) its intrinsics
+        self.floor = torch.zeros(self.B, device=self.device)  # (B,) start frame's floor below the camera, 0: none
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
         grounded = c.render_cache and model.refiner is not None
@@ -130,7 +166,8 @@ class Rollout:
 
     def _state(self) -> dict:
         return {"latents": self.latents, "length": self.length, "frames": self.frames, "anchor": self.anchor,
-                "scale": self.scale, "unit": self.unit}
+                "scale": self.scale, "unit": self.unit, "origin": self.origin, "origin_K": self.origin_K,
+                "floor": self.floor}
 
     def nbytes(self) -> int:
         """Bytes of state held for all worlds: windows, decoded frames, decoder stream and memory pool.
@@ -230,6 +267,9 @@ class Rollout:
         self.frames[idx] = self._blank_frames(self.frames.shape[1], n)
         self.frames[idx, :1] = first[:, None]
         self.anchor[idx], self.scale[idx], self.unit[idx] = eye, scale, scale
+        self.origin[idx], self.origin_K[idx] = first["depth"][..., 0], first["intrinsics"]
+        floor, flat = floor_height(first["depth"][..., 0], first["intrinsics"], eye)
+        self.floor[idx] = torch.where(flat, floor, 0.0)
         self.memory.reset(mask)
         self.stream.update(idx, stream)
         if self.cache is not None:
@@ -296,9 +336,21 @@ class Rollout:
                 stream = self.stream.select(idx)  # a copy: the worlds' decoder state changes at commit
                 decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
             K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
+            if self.config.fixed_intrinsics:
+                # A world's camera never zooms: no action changes the focal length. The raymap's intrinsics
+                # are a prediction that wanders (shipped model: fx 38-61 px over 300 random steps, true 41.7),
+                # and re-encoded at every slide they compound; the start frame's (given, or completed from
+                # the image) are kept instead, and the pose is the raymap's as before.
+                K = self.frames["intrinsics"][idx, :1].expand_as(K)  # (b, 1 + tf, 3, 3)
             new_frames = to_frames(
                 decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
             )  # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame
+            if self.config.level_camera:
+                # Every action moves the body on the floor and turns it about the vertical; the head only
+                # tilts. The raymap's poses roll, climb and pitch past the limit (shipped model, 300 random
+                # steps: one camera 172 m up), and re-encoded at every slide the error compounds; the frames
+                # keep the predicted heading, tilt (clamped) and floor position, at the start camera's height.
+                new_frames["pose"] = G.level_pose(new_frames["pose"], 0.0, math.radians(self.config.max_pitch_deg))
             if self.cache is not None:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
@@ -360,6 +412,54 @@ class Rollout:
             latent = self.model.encode(states).float()  # (B, 1, C, h, w)
         return latent.where(found[:, None, None, None, None], 0), found
 
+    def _anchor_to_start(self, idx: Tensor, kept: TensorDict) -> TensorDict:
+        """The frames (b, T) that start a new window, their metric scale pulled towards the start frame's.
+
+        Each slide re-anchors the window's scale on its own predicted depth, so any bias of that depth
+        compounds from window to window (shipped model, 300 random steps: the scale wandered 0.004-10.8
+        and one world's median depth reached 34 m). The start frame (the real picture, or its completed
+        depth) holds the world's units, through two measurements of the new first frame:
+
+        - *seen again*: the start frame's surfaces rendered into the new first camera; the median ratio of
+          their depth to the predicted one, trusted in proportion to the share of the frame they cover
+          (full at ``anchor_overlap``);
+        - *the floor*: with a level camera the floor stays as far below it as in the start frame
+          (``floor_height``); the ratio of the start's floor height to the new frame's, trusted where both
+          frames see a flat floor.
+
+        Their trust-weighted mean disagreement (log scale) c is corrected by ``metric_anchor`` of it: the
+        kept frames are rescaled by c ** metric_anchor about the new first camera (depths, and translations
+        relative to it). In normalised units nothing changes (``encode_depth`` and the window's poses are
+        scale-free): only the metres the window stands for. A world that measures neither keeps its scale.
+        """
+        if self.config.metric_anchor == 0:
+            return kept
+        first = kept[:, 0]  # (b,)
+        predicted = first["depth"][..., 0]  # (b, H, W)
+        eye = torch.eye(4, device=self.device).expand(len(idx), 4, 4)
+        xyz = G.unproject(self.origin[idx], self.origin_K[idx], eye).flatten(1, 2)  # (b, P, 3) episode frame
+        render = splat(xyz, xyz[..., :1], first["intrinsics"], first["pose"], self.H, self.W)
+        seen = render.mask & (predicted > 0)
+        ratio = torch.where(seen, render.depth / predicted.clamp_min(1e-6), torch.nan).flatten(1)  # (b, P)
+        bound = self.config.max_rescale
+        log_seen = ratio.nanmedian(dim=1).values.nan_to_num(1.0).clamp(1 / bound, bound).log()  # (b,)
+        # Trust grows with the overlap (continuously: a hard threshold made the correction jump on a pixel).
+        w_seen = (seen.flatten(1).float().mean(dim=1) / self.config.anchor_overlap).clamp(max=1.0)  # (b,)
+        w_floor = torch.zeros_like(w_seen)
+        log_floor = torch.zeros_like(w_seen)
+        if self.config.level_camera:
+            floor, flat = floor_height(predicted, first["intrinsics"], first["pose"])
+            w_floor = (flat & (self.floor[idx] > 0)).float()
+            log_floor = torch.where(w_floor > 0, self.floor[idx] / floor.clamp_min(1e-6), 1.0).clamp(1 / bound, bound).log()
+        log_c = (w_seen * log_seen + w_floor * log_floor) / (w_seen + w_floor).clamp_min(1.0)
+        c = (self.config.metric_anchor * log_c).exp()  # (b,)
+        out = kept.clone()
+        out["depth"] = kept["depth"] * c[:, None, None, None, None]
+        relative = torch.linalg.inv(first["pose"])[:, None] @ kept["pose"]  # (b, T, 4, 4) in the first camera
+        relative[..., :3, 3] *= c[:, None, None]
+        out["pose"] = first["pose"][:, None] @ relative
+        return out
+
     def _frame_count(self) -> Tensor:
         return 1 + (self.length - 1) * self.tf  # (B,)
 
@@ -382,7 +482,7 @@ class Rollout:
             keyframe[idx] = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
             pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
             self.memory.add(keyframe, pose, mask)
-        kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
+        kept = self._anchor_to_start(idx, frames[:, drop * self.tf :])  # (b, 1 + (keep - 1) * tf)
         anchor = kept["pose"][:, 0]
         # The new scale comes from the predicted depth of the new first frame. Its nearest pixel is no
         # anchor: a few generated pixels sit far nearer than the surface around them (shipped model: max

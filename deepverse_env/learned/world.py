@@ -41,6 +41,7 @@ class LearnedEnvConfig:
     sampler: SamplerConfig | dict | None = None  # changes to the checkpoint's sampler, e.g. {"steps": 2}
     use_memory: bool = True  # condition each chunk on a ψ-retrieved memory keyframe
     render_cache: bool = True  # refine frames with the 3D cache when the model has a refiner (False: paper path)
+    embodied: bool = True  # the body holds the camera: start intrinsics, level at start height, metric anchor
     cache_max: int = 6  # latent frames in a window before it slides (Algorithm 1's CacheMaxSize)
     memory_capacity: int = 256  # keyframes kept per world: the memory pool's bound
     reward: Any = None  # a deepverse_env.rewards.make_reward spec: name, dict, list or callable
@@ -57,7 +58,7 @@ class LearnedEnvConfig:
         normalised to ``int`` (numpy integers are accepted). The others are checked where they are used:
         ``action_set`` (get_action_set), ``sampler`` (SamplerConfig.merged), ``reward`` / ``termination``
         (Hooks), ``starts``, ``frames_per_step`` and ``dtype`` (LearnedWorld), ``device`` (torch)."""
-        for name in ("text_actions", "use_memory", "render_cache"):
+        for name in ("text_actions", "use_memory", "render_cache", "embodied"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -188,6 +189,8 @@ class LearnedWorld:
         rollout_config = RolloutConfig(
             cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
             memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype,
+            # embodied=False: the cameras as the raymaps predict them, units re-anchored on predicted depth
+            fixed_intrinsics=c.embodied, level_camera=c.embodied, **({} if c.embodied else {"metric_anchor": 0.0}),
         )
         self.rollout = Rollout(model, self.B, rollout_config, self.generator)
         self.td: TensorDict | None = None  # (B,) current frames + hook state entries; None before start
