@@ -197,6 +197,16 @@ def bench_env(args: argparse.Namespace) -> dict:
         result[f"{name}vector{N}_steps_per_s"], result[f"{name}vector{N}_fps"] = round(N / s, 2), round(N * F / s, 1)
         if name == "":
             result["state_mib_per_world"] = round(envs.world.nbytes() / N / 2**20, 2)
+    if args.profile:  # separate runs, so the wrappers' own cost never enters the throughput figures
+        from deepverse_env.profiling import StepProfile
+
+        result["profile"] = {}
+        for label, env, batch in (("env", DeepVerseEnv(checkpoint=model), None),
+                                  (f"vector{N}", DeepVerseVectorEnv(N, checkpoint=model), N)):
+            world = env.world
+            with StepProfile(world) as profile:
+                seconds_per_step(env, len(world.actions), args.steps, batch)
+            result["profile"][label] = profile.report()
     result["vector_speedup"] = round(result[f"vector{N}_fps"] / result["env_fps"], 2)
     result["ratio_to_sim"] = round(result["env_fps"] / result["sim_env_fps"], 4)
     result[f"vector{N}_ratio_to_sim"] = round(result[f"vector{N}_fps"] / result[f"sim_vector{N}_fps"], 4)
@@ -236,6 +246,8 @@ def add_bench(subparsers) -> None:
     env.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
     env.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     env.add_argument("--num-envs", type=positive_int, default=16, help="worlds in the batched env (default 16)")
+    env.add_argument("--profile", action="store_true", help="also time each part of a step (DiT, encode, decode, "
+                     "render, refine, memory, hooks, maps, other) for one env and the batch, in separate runs")
     env.add_argument("--steps", type=positive_int, default=20, help="env steps timed for the single env (default 20)")
     env.set_defaults(func=bench_env)
 

@@ -80,3 +80,36 @@ def test_bench_env(tmp_path, capsys):
         assert result[key] > 0, key
     assert result["vector_speedup"] == pytest.approx(result["vector2_fps"] / result["env_fps"], rel=0.02)
     assert result["ratio_to_sim"] == pytest.approx(result["env_fps"] / result["sim_env_fps"], rel=0.02)
+    assert "profile" not in result
+
+
+def test_bench_env_profile_breaks_a_step_into_parts(tmp_path, capsys):
+    """--profile times each part of a step; the parts and 'other' add up to the step, a slide is in it
+    (encode, anchor), and the world's methods are its own again afterwards."""
+    torch.manual_seed(0)
+    checkpoint = DeepVerse(tiny_config(render_cache=True, sampler=dict(steps=1), refiner_overrides={"width": 8}))
+    checkpoint = checkpoint.save_pretrained(tmp_path / "tiny")
+    result = run(capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 7, "--profile",
+                 "--out", tmp_path / "b.json")
+    for label in ("env", "vector2"):
+        p = result["profile"][label]
+        assert p["steps"] == 8  # the warm-up step and 7 timed ones
+        assert set(p["ms"]) == {"dit", "encode", "decode", "cameras", "render", "refine", "memory", "anchor", "hooks",
+                                "maps", "other"}
+        assert sum(p["ms"].values()) == pytest.approx(p["ms_per_step"], rel=0.01)
+        assert sum(p["share"].values()) == pytest.approx(1.0, abs=0.01)
+        assert min(p["ms"][k] for k in ("dit", "encode", "decode", "anchor", "refine")) > 0  # windows slid (cache_max 6)
+
+
+def test_step_profile_restores_the_world(tmp_path):
+    from deepverse_env.learned.env import DeepVerseEnv
+    from deepverse_env.profiling import StepProfile
+
+    env = DeepVerseEnv(checkpoint=DeepVerse(tiny_config(sampler=dict(steps=1))))
+    env.reset(seed=0)
+    with StepProfile(env.world) as profile:
+        env.step(0)
+    assert profile.report()["steps"] == 1 and "render" not in profile.report()["ms"]  # no 3D cache
+    assert "step" not in vars(env.world) and "next_latent" not in vars(env.world.rollout.model)
+    with pytest.raises(RuntimeError, match="no step was profiled"):
+        StepProfile(env.world).report()
