@@ -101,7 +101,7 @@ def markdown(report: dict) -> str:
         s = r["summary"]
         steps = "-" if s["steps_to_goal"] is None else f"{s['steps_to_goal']:.1f}"
         lines.append(
-            f"| {name} | {s['successes']}/{s['episodes']} ({s['success_rate']:.0%}) | {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f} "
+            f"| {name}{' (partial)' if r.get('partial') else ''} | {s['successes']}/{s['episodes']} ({s['success_rate']:.0%}) | {s['ci95'][0]:.2f}-{s['ci95'][1]:.2f} "
             f"| {s['return']:.2f} | {steps} | {s['final_distance_m']:.2f} | {s['seconds_per_episode']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -150,9 +150,11 @@ def evaluate_agents(
             t0 = time.perf_counter()
             results.append(run(seed))
             seconds.append(time.perf_counter() - t0)
-        report["agents"][name] = {"summary": summarize(results, seconds), "episodes": [vars(r) for r in results]}
-        (out / "results.json").write_text(json.dumps(report, indent=2))  # after each agent: a partial run is kept
-        (out / "results.md").write_text(markdown(report))
+            # After every episode: an interrupted run keeps what it played (an agent still playing is "partial").
+            report["agents"][name] = {"summary": summarize(results, seconds), "episodes": [vars(r) for r in results],
+                                      "partial": len(results) < len(seeds)}
+            (out / "results.json").write_text(json.dumps(report, indent=2))
+            (out / "results.md").write_text(markdown(report))
     return report
 
 

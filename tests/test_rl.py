@@ -159,6 +159,27 @@ def test_evaluate_agents_writes_results(tmp_path):
         assert all(e["seed"] in TASK_SEEDS["eval"] for e in saved["agents"][name]["episodes"])
     table = (tmp_path / "results.md").read_text()
     assert table == markdown(saved) and "| oracle-cem |" in table
+    assert not any(saved["agents"][name]["partial"] for name in ("random", "oracle-cem"))
+
+
+def test_an_interrupted_evaluation_keeps_the_episodes_played(tmp_path, monkeypatch):
+    import agents.evaluate as E
+
+    played = []
+
+    def run_policy(*args):
+        if played:
+            raise KeyboardInterrupt  # the user stops a long evaluation during its second episode
+        played.append(original(*args))
+        return played[-1]
+
+    original = E.run_policy
+    monkeypatch.setattr(E, "run_policy", run_policy)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_agents(SHORT, ["random"], 3, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["agents"]["random"]["partial"] and saved["agents"]["random"]["summary"]["episodes"] == 1
+    assert "| random (partial) | " in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize(
