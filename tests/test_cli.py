@@ -28,7 +28,7 @@ def run(capsys, *argv) -> dict:
 
 def test_help_lists_commands(capsys):
     commands = subcommands(build_parser())
-    assert set(commands) == {"collect", "bench", "demo", "eval", "agents", "play"}
+    assert set(commands) == {"collect", "bench", "demo", "eval", "drift", "agents", "play"}
     assert set(subcommands(commands["bench"])) == {"sim", "model", "env"}
     with pytest.raises(SystemExit) as e:
         main(["--help"])
