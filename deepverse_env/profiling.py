@@ -75,7 +75,8 @@ class StepProfile(AbstractContextManager):
         if self.steps == 0:
             raise RuntimeError("no step was profiled: call world.step inside the profile's with block")
         total = self.seconds["step"]
-        parts = {p: self.seconds[p] for p in PARTS if p in self.seconds or any(t[0] == p for t in self.targets)}
+        wrapped = {part for part, _, _ in self.targets}
+        parts = {p: self.seconds[p] for p in PARTS if p in wrapped}
         parts["other"] = max(0.0, total - sum(parts.values()))
         return {
             "steps": self.steps,

@@ -75,6 +75,9 @@ COLLECT = ["collect", "--episodes", 1, "--steps", 1]
         (["demo", "--steps", 0], "argument --steps: must be a positive integer, got '0'"),
         (["eval", "--frames", 0], "argument --frames: must be a positive integer, got '0'"),
         (["eval", "--seed", -3], "argument --seed: must be a non-negative integer, got '-3'"),
+        (["drift", "--steps", 0], "argument --steps: must be a positive integer, got '0'"),
+        (["drift", "--block", 0], "argument --block: must be a positive integer, got '0'"),
+        (["drift", "--seed", -1], "argument --seed: must be a non-negative integer, got '-1'"),
     ],
 )
 def test_bad_counts_are_argparse_errors(argv, message, tmp_path, capsys):
@@ -99,6 +102,8 @@ def test_bad_counts_are_argparse_errors(argv, message, tmp_path, capsys):
         (["eval", "--seeds=-3:2"], "deepverse eval: error: --seeds must be non-negative world seeds, got '-3:2'"),
         (["eval", "--seeds", "5:5"], "--seeds '5:5' holds no seed"),
         (["eval", "--starts", "4d", "video"], "--starts must name 4d and/or image, got ['4d', 'video']"),
+        (["drift", "--seeds", "5:5"], "deepverse drift: error: --seeds '5:5' holds no seed"),
+        (["drift", "--checkpoint", "{tmp}/nowhere"], "{tmp}/nowhere"),
     ],
 )
 def test_bad_command_input_is_one_line_and_writes_nothing(argv, message, tmp_path, capsys):

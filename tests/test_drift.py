@@ -1,6 +1,6 @@
-"""``deepverse drift``: a long unsynced rollout's height, depth and fx against the simulator, clear errors."""
+"""``deepverse drift``: a long unsynced rollout's height, depth and fx against the simulator (its bad arguments are
+in tests/test_bad_inputs_cli.py)."""
 import json
-import re
 
 import numpy as np
 import pytest
@@ -35,22 +35,3 @@ def test_drift_writes_series_summary_and_plots(checkpoint, tmp_path, capsys):
     assert "| 1-3 |" in (out / "drift.md").read_text()
     assert json.loads(capsys.readouterr().out)["out"] == str(out)
 
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--steps", "0"], "--steps: must be a positive integer, got '0'"),
-        (["--seeds", "5:5"], "--seeds '5:5' holds no seed"),
-        (["--seed", "-1"], "--seed: must be a non-negative integer, got '-1'"),
-        (["--checkpoint", "nowhere"], "nowhere"),
-    ],
-)
-def test_drift_bad_arguments(args, message, checkpoint, tmp_path, capsys):
-    args = ["drift", "--out", str(tmp_path / "x"), *args]
-    if "--checkpoint" not in args:
-        args += ["--checkpoint", str(checkpoint)]
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    assert e.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
-    assert not (tmp_path / "x").exists()

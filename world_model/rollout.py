@@ -460,9 +460,8 @@ class Rollout:
         c = (self.config.metric_anchor * log_c).exp()  # (b,)
         out = kept.clone()
         out["depth"] = kept["depth"] * c[:, None, None, None, None]
-        relative = torch.linalg.inv(first["pose"])[:, None] @ kept["pose"]  # (b, T, 4, 4) in the first camera
-        relative[..., :3, 3] *= c[:, None, None]
-        out["pose"] = first["pose"][:, None] @ relative
+        relative = G.relative_pose(first["pose"][:, None], kept["pose"])  # (b, T, 4, 4) in the first camera
+        out["pose"] = first["pose"][:, None] @ G.unscale_poses(relative, c[:, None])
         return out
 
     def _frame_count(self) -> Tensor:
