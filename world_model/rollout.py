@@ -343,8 +343,8 @@ class Rollout:
             K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
             if self.config.fixed_intrinsics:
                 # A world's camera never zooms: no action changes the focal length. The raymap's intrinsics
-                # are a prediction that wanders (shipped model: fx 32-61 px over 300 random steps, true 41.7; deepverse drift --raw),
-                # and re-encoded at every slide they compound; the start frame's (given, or completed from
+                # are a prediction that wanders (shipped model, deepverse drift --raw: fx 32-61 px over 300 random
+                # steps, true 41.7), and re-encoded at every slide they compound; the start frame's (given, or completed from
                 # the image) are kept instead, and the pose is the raymap's as before.
                 K = self.frames["intrinsics"][idx, :1].expand_as(K)  # (b, 1 + tf, 3, 3)
             new_frames = to_frames(
