@@ -344,8 +344,8 @@ class Rollout:
             if self.config.fixed_intrinsics:
                 # A world's camera never zooms: no action changes the focal length. The raymap's intrinsics
                 # are a prediction that wanders (shipped model, deepverse drift --raw: fx 32-61 px over 300 random
-                # steps, true 41.7), and re-encoded at every slide they compound; the start frame's (given, or completed from
-                # the image) are kept instead, and the pose is the raymap's as before.
+                # steps, true 41.7), and re-encoded at every slide they compound; the start frame's (given, or
+                # completed from the image) are kept instead, and the pose is the raymap's as before.
                 K = self.frames["intrinsics"][idx, :1].expand_as(K)  # (b, 1 + tf, 3, 3)
             new_frames = to_frames(
                 decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
