@@ -87,8 +87,9 @@ def test_presets_channels_and_sizes_on_meta():
     assert counts["pixel"] == ((3 + 1) * 8 * 8 * 4 + 6, 0)
     assert 1e6 < counts["tiny"][1] < 5e6 and 1e8 < counts["paper"][1] < 5e8
     with torch.device("meta"):
-        paper = build_codec("paper")
+        paper, tiny4x = build_codec("paper"), build_codec("tiny4x")
     assert (paper.spatial_factor, paper.temporal_factor) == (8, 8)
+    assert tiny4x.latent_size(64, 64) == (16, 16) and counts["tiny4x"][0] == 8 + 4 + 6
 
 
 @pytest.mark.parametrize("sf,tf,T", [(2, 1, 3), (4, 2, 5), (8, 4, 9), (4, 3, 7)])
@@ -158,6 +159,40 @@ def test_vae_overfits_one_tiny_batch():
         losses.append(float(logs["loss"]))
     assert set(logs) == {"rgb_l1", "depth_l1", "kl", "loss"}
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_edge_loss_adds_the_l1_of_finite_differences():
+    batch = inputs(small_vae(), 2, 3, 16, 16, seed=1)
+    torch.manual_seed(0)
+    plain_loss, plain = small_vae().loss(*batch)
+    torch.manual_seed(0)  # the same posterior sample
+    loss, logs = small_vae(grad_weight=0.5).loss(*batch)
+    assert set(logs) == {"rgb_l1", "rgb_grad_l1", "depth_l1", "kl", "loss"} and "rgb_grad_l1" not in plain
+    assert float(logs["rgb_grad_l1"]) > 0
+    torch.testing.assert_close(loss, plain_loss + 0.5 * logs["rgb_grad_l1"])
+
+
+def test_grouped_norms_let_the_decoder_keep_a_frames_colour():
+    """With per-channel statistics (the original FrameGroupNorm groups at tiny widths) every frame's channel
+    means are normalised away and solid colours come back grayed; 4 channels a group keep them."""
+    g = torch.Generator().manual_seed(0)
+    rgb = (torch.rand(4, 1, 3, 1, 1, generator=g) * 2 - 1).expand(4, 3, 3, 16, 16).contiguous()  # solid colours
+    depth, ray = torch.zeros(4, 3, 1, 16, 16), torch.zeros(4, 3, 6, 16, 16)
+    errors = {}
+    for group_size in (None, 4):
+        vae = small_vae(norm_group_size=group_size, kl_weight=0.0)
+        opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+        for _ in range(50):
+            loss, _ = vae.loss(rgb, depth, ray)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out = vae.decode(vae.encode(rgb, depth, ray))["rgb"]
+        errors[group_size] = float((out.mean((1, 3, 4)) - rgb.mean((1, 3, 4))).abs().mean())  # frame colour
+    assert errors[4] < 0.75 * errors[None], errors
+    with pytest.raises(ValueError, match=r"norm_group_size 3 must be a positive integer dividing every width \[8, 16, 16\]"):
+        small_vae(norm_group_size=3)
 
 
 def test_gradients_reach_every_vae_parameter():

@@ -20,6 +20,7 @@ from world_model.lit_module import (
     CodecModule,
     WorldModelModule,
     export_pretrained,
+    _timed_schedule,
     load_codec_weights,
     warmup_cosine,
 )
@@ -247,6 +248,24 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs[9:1000], lrs[10:1001]))  # cosine decay
     assert lrs[1000] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1)
     assert warmup_cosine(0, total=10, warmup=0, min_ratio=0.0) == pytest.approx(1.0)  # no warm-up
+
+
+def test_lr_schedule_under_max_time_follows_the_budget_spent_first():
+    class Clock:  # Lightning's Timer: seconds of training spent and left
+        def __init__(self, elapsed, remaining):
+            self.elapsed, self.remaining = elapsed, remaining
+
+        def time_elapsed(self, stage):
+            return self.elapsed
+
+        def time_remaining(self, stage):
+            return self.remaining
+
+    schedule = lambda step: warmup_cosine(step, total=1000, warmup=10, min_ratio=0.1)  # noqa: E731
+    assert _timed_schedule(schedule, Clock(1.0, 99.0), 1000, 500) == schedule(500)  # steps further on
+    assert _timed_schedule(schedule, Clock(75.0, 25.0), 1000, 100) == schedule(750)  # time further on
+    assert _timed_schedule(schedule, Clock(120.0, -20.0), 1000, 100) == pytest.approx(0.1)  # time out: the floor
+    assert _timed_schedule(schedule, Clock(0.0, None), 1000, 100) == schedule(100)
 
 
 # --------------------------------------------------------------------------------------------------

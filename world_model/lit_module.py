@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.utilities import rank_zero_warn
 from safetensors.torch import load_file
 from tensordict import TensorDict
@@ -305,8 +306,20 @@ class TrainingModule(L.LightningModule, ABC):
             raise ValueError("set trainer.max_steps (or max_epochs): the cosine schedule needs the run's length")
         warmup = math.ceil(hp.warmup_fraction * total)
         schedule = partial(warmup_cosine, total=int(total), warmup=warmup, min_ratio=hp.min_lr_ratio)
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # trainer.max_time
+        if timer is not None:
+            schedule = partial(_timed_schedule, schedule, timer, int(total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _timed_schedule(schedule, timer: Timer, total: int, step: int) -> float:
+    """``schedule`` at the step or at the share of ``trainer.max_time`` spent, whichever is further on: a run
+    capped by wall-clock time still ends its cosine when the time runs out."""
+    elapsed, remaining = timer.time_elapsed("train"), timer.time_remaining("train")
+    if remaining is None or elapsed + remaining <= 0:
+        return schedule(step)
+    return schedule(max(step, math.floor(total * elapsed / (elapsed + remaining))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -580,6 +593,7 @@ class WorldModelModule(TrainingModule):
         clips = getattr(self.trainer.datamodule, "train_clips", None)
         fresh = self.hparams.init_weights is None and not self.model.latent_statistics_fitted  # an export keeps its own
         if stage == "fit" and fresh and clips is not None:
+            self.model.codec.to(self.trainer.strategy.root_device)  # Lightning moves the module after setup
             self.fit_latent_statistics(clips)
 
     @torch.no_grad()
@@ -589,8 +603,9 @@ class WorldModelModule(TrainingModule):
         checkpoint then restores the same values."""
         count = min(len(clips), count or self.hparams.latent_stat_clips)
         picks = torch.linspace(0, len(clips) - 1, count).long().tolist()
+        device = next(self.model.codec.parameters()).device
         latents = torch.cat([
-            self.model.encode(EpisodeClips.collate([clips[i] for i in picks[k : k + batch]]).to(self.device))
+            self.model.encode(EpisodeClips.collate([clips[i] for i in picks[k : k + batch]]).to(device))
             for k in range(0, count, batch)
         ])  # (count, T', C, h, w)
         for model in {id(self.model): self.model, id(self.averaged): self.averaged}.values():
