@@ -1,6 +1,4 @@
 """Sliding-window rollout with memory: long, batched, bounded, scale-equivariant, branchable."""
-import math
-
 import gymnasium as gym
 import pytest
 import torch
@@ -205,46 +203,16 @@ def test_a_slide_pulls_the_window_scale_towards_the_start_frame(tiny_model):
     r.reset(rgb, depth, K)
     out = r._anchor_to_start(world, behind)
     assert torch.allclose(out["depth"], behind["depth"] * 0.5, rtol=1e-5)  # the floor is 3 m down, not 1.5
+    skewed = behind.clone()  # poses rigid only approximately: the first camera stays exactly where it is
+    skewed["pose"][..., :3, :3] *= 1.01
+    out = r._anchor_to_start(world, skewed)
+    assert torch.allclose(out["pose"][:, 0], skewed["pose"][:, 0], atol=1e-6)
     wall = behind.clone()
     wall["depth"] = torch.full_like(behind["depth"], 2.0)  # a wall filling the view: no floor
     out = r._anchor_to_start(world, wall)
     assert torch.equal(out["depth"], wall["depth"]) and torch.allclose(out["pose"], wall["pose"])
     with pytest.raises(ValueError, match=r"metric_anchor must be in \[0, 1\], got 2"):
         make(tiny_model, 1, metric_anchor=2)
-
-
-def test_the_stride_anchors_a_window_that_sees_nothing_of_the_start(tiny_model):
-    """A sentence that asks the body to move moves it ``stride`` metres a frame: a chunk that moved half that
-    far measures the window's metres 2x short; turns on the spot, blocked moves and text outside the
-    vocabulary measure nothing. Four measured chunks are trusted fully where neither the start frame nor a
-    floor is in view."""
-    rgb, depth, K = first_frames(1, seed=4)
-    world = torch.tensor([0])
-    r = make(tiny_model, 1, metric_anchor=1.0, stride=0.08)
-    r.reset(rgb, depth, K)
-    chunk = r._blank_frames(r.tf, 1)
-    chunk["pose"][0, -1, 2, 3] = 0.16  # 0.16 m forward over the chunk, where 4 frames x 0.08 m were asked
-    ratio = lambda sentence: float(r._stride_ratio(world, r.length, chunk, [sentence])[0])  # noqa: E731
-    assert ratio(WALK[0]) == pytest.approx(math.log(2.0))
-    assert ratio(WALK[2]) == pytest.approx(math.log(2.0))  # moving while turning: the same stride
-    assert math.isnan(ratio(WALK[1])) and math.isnan(ratio("walk on"))
-    chunk["pose"][0, -1, 2, 3] = 0.01  # blocked by a wall: beyond max_rescale, no measurement
-    assert math.isnan(ratio(WALK[0]))
-    r.stride_log[0], r.stride_n[0] = 4 * math.log(2.0), 4
-    wall = TensorDict({  # turned away, a wall filling the view: no start frame, no floor
-        "rgb": rgb[:, None].repeat(1, 2, 1, 1, 1), "depth": torch.full((1, 2, 16, 16, 1), 2.0),
-        "pose": torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0])).expand(1, 2, 4, 4).clone(),
-        "intrinsics": K[:, None].repeat(1, 2, 1, 1),
-    }, [1, 2])
-    out = r._anchor_to_start(world, wall)
-    assert torch.allclose(out["depth"], wall["depth"] * 2.0, rtol=1e-5)
-    r.stride_log[0], r.stride_n[0] = math.log(2.0), 1  # one chunk: a quarter of the trust
-    assert torch.allclose(r._anchor_to_start(world, wall)["depth"], wall["depth"] * 2.0**0.25, rtol=1e-5)
-    plain = make(tiny_model, 1)
-    plain.reset(rgb, depth, K)
-    assert math.isnan(float(plain._stride_ratio(world, plain.length, chunk, [WALK[0]])[0]))  # no stride set
-    with pytest.raises(ValueError, match="stride must be a positive number of metres or None, got 0"):
-        make(tiny_model, 1, stride=0)
 
 
 def test_level_camera_keeps_heading_and_tilt_drops_roll_and_climb(tiny_model):

@@ -269,16 +269,10 @@ class CausalConv3d(nn.Module):
 
 
 class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm with statistics per frame: statistics over the clip would leak the future into the past.
+    """GroupNorm with statistics per frame: statistics over the clip would leak the future into the past."""
 
-    ``group_size`` channels share statistics; None = ``gcd(32, channels)`` groups, which at the tiny codec's
-    widths (16-64) is 1-2 channels a group: every channel's mean and spread over a frame are normalised away,
-    and the decoder's last norm leaves it no way to set a frame's colour or contrast (the shipped "tiny" codec
-    keeps 9% of the true chroma: gray frames).
-    """
-
-    def __init__(self, channels: int, group_size: int | None = None):
-        super().__init__(math.gcd(32, channels) if group_size is None else channels // group_size, channels)
+    def __init__(self, channels: int):
+        super().__init__(math.gcd(32, channels), channels)
 
     def forward(self, x: Tensor) -> Tensor:
         B, C, T, H, W = x.shape
@@ -287,11 +281,11 @@ class FrameGroupNorm(nn.GroupNorm):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, group_size: int | None = None):
+    def __init__(self, c_in: int, c_out: int):
         super().__init__()
-        self.norm1 = FrameGroupNorm(c_in, group_size)
+        self.norm1 = FrameGroupNorm(c_in)
         self.conv1 = CausalConv3d(c_in, c_out)
-        self.norm2 = FrameGroupNorm(c_out, group_size)
+        self.norm2 = FrameGroupNorm(c_out)
         self.conv2 = CausalConv3d(c_out, c_out)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -355,8 +349,6 @@ class CausalVAEConfig:
     kl_weight: float = 1e-3  # on the mean KL per latent value: small, the latent must stay informative
     grad_weight: float = 0.0  # L1 of the RGB's finite differences (x and y): keeps edges and texture, which
                               # plain L1 trades for blur
-    norm_group_size: int | None = None  # channels per GroupNorm group (must divide every width); None: the
-                                        # original gcd(32, channels) groups, per-channel at tiny widths (FrameGroupNorm)
 
 
 class _Encoder(nn.Module):
@@ -373,11 +365,11 @@ class _Encoder(nn.Module):
         c = widths[0]
         for level, w in enumerate(widths):
             for _ in range(config.blocks):
-                layers.append(ResBlock(c, w, config.norm_group_size))
+                layers.append(ResBlock(c, w))
                 c = w
             if level < len(widths) - 1:
                 layers.append(Downsample(c, time=level < time_levels))
-        layers += [FrameGroupNorm(c, config.norm_group_size), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
+        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -397,11 +389,11 @@ class _Decoder(nn.Module):
         layers: list[nn.Module] = [CausalConv3d(latent_channels, c)]
         for level in reversed(range(len(widths))):
             for _ in range(config.blocks):
-                layers.append(ResBlock(c, widths[level], config.norm_group_size))
+                layers.append(ResBlock(c, widths[level]))
                 c = widths[level]
             if level > 0:
                 layers.append(Upsample(c, time=level - 1 < time_levels))
-        layers += [FrameGroupNorm(c, config.norm_group_size), nn.SiLU(), CausalConv3d(c, out_channels)]
+        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, stream: DecoderStream | None = None) -> Tensor:
@@ -421,12 +413,6 @@ class CausalVAE(Codec):
             raise ValueError(
                 f"spatial_factor {config.spatial_factor} must be 2 ** (len(channel_mult) - 1) "
                 f"= {2 ** (levels - 1)}"
-            )
-        g = config.norm_group_size
-        if g is not None and (int(g) != g or g < 1 or any((config.width * m) % g for m in config.channel_mult)):
-            raise ValueError(
-                f"norm_group_size {g!r} must be a positive integer dividing every width "
-                f"{[config.width * m for m in config.channel_mult]}"
             )
         tf = config.temporal_factor
         if tf < 1 or tf & (tf - 1) or tf > config.spatial_factor:
@@ -469,9 +455,7 @@ class CausalVAE(Codec):
         logs = {"rgb_l1": (recon["rgb"] - rgb).abs().mean(), "kl": kl}
         loss = logs["rgb_l1"] + self.config.kl_weight * kl
         if self.config.grad_weight:
-            logs["rgb_grad_l1"] = sum(
-                (d(recon["rgb"]) - d(rgb)).abs().mean() for d in (_diff_x, _diff_y)
-            )
+            logs["rgb_grad_l1"] = sum((recon["rgb"].diff(dim=d) - rgb.diff(dim=d)).abs().mean() for d in (-1, -2))
             loss = loss + self.config.grad_weight * logs["rgb_grad_l1"]
         if self.use_depth:
             logs["depth_l1"] = (recon["depth"] - depth).abs().mean()
@@ -493,14 +477,6 @@ class CausalVAE(Codec):
     def _decode_pixels(self, pixels: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
         latents = {"rgb": pixels[:, :, self.rgb_slice], "depth": pixels[:, :, self.depth_slice]}
         return {m: decoder(latents[m], stream) for m, decoder in self.decoders.items()}  # (B, T, C_m, H, W)
-
-
-def _diff_x(x: Tensor) -> Tensor:
-    return x[..., :, 1:] - x[..., :, :-1]  # (..., H, W - 1)
-
-
-def _diff_y(x: Tensor) -> Tensor:
-    return x[..., 1:, :] - x[..., :-1, :]  # (..., H - 1, W)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -559,9 +535,9 @@ CODEC_PRESETS: dict[str, CausalVAEConfig | PixelCodecConfig] = {
     # 64x64 video -> 8x8 latents with 8 + 4 + 6 = 18 channels; trains on two CPU cores.
     "tiny": CausalVAEConfig(),
     # 64x64 video -> 16x16 latents (4x spatial: a latent frame holds 6x fewer values than one RGB frame, 24x
-    # for "tiny", and stands for 4 frames), trained to keep edges (finite-difference L1) under a lighter KL,
-    # with 8 channels a norm group so frames keep their colour (configs/codec_4x.yaml; MODEL_CARD.md).
-    "tiny4x": CausalVAEConfig(spatial_factor=4, channel_mult=(1, 2, 4), kl_weight=1e-4, grad_weight=1.0, norm_group_size=8),
+    # for "tiny", and stands for 4 frames), trained to keep edges (finite-difference L1) under a lighter KL
+    # (configs/codec_4x.yaml; measured against "tiny" in MODEL_CARD.md).
+    "tiny4x": CausalVAEConfig(spatial_factor=4, channel_mult=(1, 2, 4), kl_weight=1e-4, grad_weight=1.0),
     # The release: 8x spatial, 8x temporal, 16 + 16 + 6 = 38 channels.
     "paper": CausalVAEConfig(
         temporal_factor=8, rgb_latent_channels=16, depth_latent_channels=16, width=128, blocks=2

@@ -45,7 +45,6 @@ from world_model.model import DeepVerse
 from world_model.refine import refiner_inputs
 from world_model.splat import splat
 from world_model.state import normalize_frames, to_frames, to_rgb8
-from world_model.text import MOTION_CLASSES, sentence_index
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,9 +67,6 @@ class RolloutConfig:
     max_pitch_deg: float = 30.0  # with level_camera: the head tilts at most this far (the simulator's PITCH_LIMIT)
     metric_anchor: float = 0.5  # share (log scale) of a slide's scale disagreement with the start corrected
     anchor_overlap: float = 0.2  # share of the new first frame seeing the start frame's surfaces for full trust
-    stride: float | None = None  # metres a body moves per frame when a sentence asks it to (an embodied camera:
-                                 # the simulator's MOVE_PER_FRAME); each slide also pulls the window's metres
-                                 # towards it (see _anchor_to_start). None: no stride anchor
 
 
 def floor_height(depth: Tensor, K: Tensor, c2w: Tensor, share: float = 0.05, tolerance: float = 0.1) -> tuple[Tensor, Tensor]:
@@ -88,15 +84,6 @@ def floor_height(depth: Tensor, K: Tensor, c2w: Tensor, share: float = 0.05, tol
     near = ((below - height[:, None, None]).abs() <= tolerance * height.abs()[:, None, None]).float()
     upper, lower = near[:, : near.shape[1] // 2].mean(dim=(1, 2)), near[:, near.shape[1] // 2 :].mean(dim=(1, 2))
     return height, (height > 0) & (upper >= share) & (lower >= share)
-
-
-def _translates(sentence: str) -> bool:
-    """Whether a caption-vocabulary sentence asks for a translation (False for "stays in place" and for text
-    outside the vocabulary)."""
-    try:
-        return MOTION_CLASSES[sentence_index(sentence)][0] != "stay"
-    except KeyError:
-        return False
 
 
 class Rollout:
@@ -139,8 +126,6 @@ class Rollout:
             raise ValueError(f"metric_anchor must be in [0, 1], got {c.metric_anchor!r}")
         if not 0.0 < c.anchor_overlap <= 1.0:
             raise ValueError(f"anchor_overlap must be in (0, 1], got {c.anchor_overlap!r}")
-        if c.stride is not None and not (isinstance(c.stride, (int, float)) and 0.0 < c.stride < math.inf):
-            raise ValueError(f"stride must be a positive number of metres or None, got {c.stride!r}")
         model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
         self.B = int(batch_size)
         self.generator = generator
@@ -159,8 +144,6 @@ class Rollout:
         self.origin = torch.ones(self.B, self.H, self.W, device=self.device)  # (B, H, W) start frame's depth, metres
         self.origin_K = torch.eye(3, device=self.device).repeat(self.B, 1, 1)  # (B, 3, 3) its intrinsics
         self.floor = torch.zeros(self.B, device=self.device)  # (B,) start frame's floor below the camera, 0: none
-        self.stride_log = torch.zeros(self.B, device=self.device)  # (B,) sum of log(asked / predicted stride) this window
-        self.stride_n = torch.zeros(self.B, device=self.device)  # (B,) chunks measured this window
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
         grounded = c.render_cache and model.refiner is not None
@@ -189,7 +172,7 @@ class Rollout:
     def _state(self) -> dict:
         return {"latents": self.latents, "length": self.length, "frames": self.frames, "anchor": self.anchor,
                 "scale": self.scale, "unit": self.unit, "origin": self.origin, "origin_K": self.origin_K,
-                "floor": self.floor, "stride_log": self.stride_log, "stride_n": self.stride_n}
+                "floor": self.floor}
 
     def nbytes(self) -> int:
         """Bytes of state held for all worlds: windows, decoded frames, decoder stream and memory pool.
@@ -292,7 +275,6 @@ class Rollout:
         self.origin[idx], self.origin_K[idx] = first["depth"][..., 0], first["intrinsics"]
         floor, flat = floor_height(first["depth"][..., 0], first["intrinsics"], eye)
         self.floor[idx] = torch.where(flat, floor, 0.0)
-        self.stride_log[idx], self.stride_n[idx] = 0.0, 0.0
         self.memory.reset(mask)
         self.stream.update(idx, stream)
         if self.cache is not None:
@@ -377,31 +359,13 @@ class Rollout:
             if self.cache is not None:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
-            pending.append((idx, n, new, new_frames, stream, self._stride_ratio(idx, n, new_frames, sentences)))
+            pending.append((idx, n, new, new_frames, stream))
         return chunk, pending
-
-    def _stride_ratio(self, idx: Tensor, n: Tensor, new_frames: TensorDict, sentences: list[str]) -> Tensor:
-        """log(asked / predicted) horizontal distance the camera moved over a new chunk (b,), NaN where it is no
-        measurement: no ``stride`` set, a sentence that asks for no translation (or is not in the caption
-        vocabulary), or a ratio beyond ``max_rescale`` either way (a move blocked by a wall, say)."""
-        out = torch.full((len(idx),), math.nan, device=self.device)
-        if self.config.stride is None:
-            return out
-        moves = torch.tensor([_translates(sentences[i]) for i in idx.tolist()], device=self.device)  # (b,)
-        before = self.frames["pose"][idx, 1 + (n - 1) * self.tf - 1]  # (b, 4, 4) the window's last frame
-        step = new_frames["pose"][:, -1, :3, 3] - before[:, :3, 3]  # (b, 3) episode frame, y down
-        predicted = step[:, [0, 2]].norm(dim=1)  # (b,) metres on the floor
-        log_r = (self.config.stride * self.tf / predicted.clamp_min(1e-9)).log()
-        ok = moves & (log_r.abs() < math.log(self.config.max_rescale))
-        return torch.where(ok, log_r, out)
 
     def _commit(self, pending: list[tuple]) -> None:
         """Write generated chunks into their worlds: decoder state, windows (sliding the full ones), 3D cache."""
-        for idx, n, new, new_frames, stream, log_r in pending:
+        for idx, n, new, new_frames, stream in pending:
             self.stream.update(idx, stream)
-            seen = log_r.isfinite()
-            self.stride_log[idx] += log_r.nan_to_num(0.0)
-            self.stride_n[idx] += seen.float()
             for length in n.unique().tolist():  # windows grow (or slide) by their own length
                 rows = (n == length).nonzero()[:, 0]
                 T = 1 + (length - 1) * self.tf
@@ -466,11 +430,7 @@ class Rollout:
           (full at ``anchor_overlap``);
         - *the floor*: with a level camera the floor stays as far below it as in the start frame
           (``floor_height``); the ratio of the start's floor height to the new frame's, trusted where both
-          frames see a flat floor;
-        - *the stride* (with ``stride`` set): a sentence that asks the body to move moves it ``stride`` metres a
-          frame, so the mean log ratio of that to the distance the window's chunks moved, trusted in
-          proportion to the chunks measured since the last slide (full at 4). It holds where nothing of the
-          start is in view.
+          frames see a flat floor.
 
         Their trust-weighted mean disagreement (log scale) c is corrected by ``metric_anchor`` of it: the
         kept frames are rescaled by c ** metric_anchor about the new first camera (depths, and translations
@@ -496,14 +456,13 @@ class Rollout:
             floor, flat = floor_height(predicted, first["intrinsics"], first["pose"])
             w_floor = (flat & (self.floor[idx] > 0)).float()
             log_floor = torch.where(w_floor > 0, self.floor[idx] / floor.clamp_min(1e-6), 1.0).clamp(1 / bound, bound).log()
-        n_stride = self.stride_n[idx]
-        w_stride = (n_stride / 4).clamp(max=1.0)
-        log_stride = (self.stride_log[idx] / n_stride.clamp_min(1.0)).clamp(-math.log(bound), math.log(bound))
-        log_c = (w_seen * log_seen + w_floor * log_floor + w_stride * log_stride) / (w_seen + w_floor + w_stride).clamp_min(1.0)
+        log_c = (w_seen * log_seen + w_floor * log_floor) / (w_seen + w_floor).clamp_min(1.0)
         c = (self.config.metric_anchor * log_c).exp()  # (b,)
         out = kept.clone()
         out["depth"] = kept["depth"] * c[:, None, None, None, None]
-        relative = G.relative_pose(first["pose"][:, None], kept["pose"])  # (b, T, 4, 4) in the first camera
+        # In the first camera by the general inverse: with G.relative_pose (a transpose, exact for rigid poses
+        # only) the kept rotations shrank slide after slide, to 1e-8 by step 92 of `deepverse drift`, then NaN.
+        relative = torch.linalg.inv(first["pose"])[:, None] @ kept["pose"]  # (b, T, 4, 4)
         out["pose"] = first["pose"][:, None] @ G.unscale_poses(relative, c[:, None])
         return out
 
@@ -530,7 +489,6 @@ class Rollout:
             pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
             self.memory.add(keyframe, pose, mask)
         kept = self._anchor_to_start(idx, frames[:, drop * self.tf :])  # (b, 1 + (keep - 1) * tf)
-        self.stride_log[idx], self.stride_n[idx] = 0.0, 0.0  # the new window measures its own strides
         anchor = kept["pose"][:, 0]
         # The new scale comes from the predicted depth of the new first frame. Its nearest pixel is no
         # anchor: a few generated pixels sit far nearer than the surface around them (shipped model: max

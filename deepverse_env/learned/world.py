@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from deepverse_env.actions import MOVE_PER_FRAME, ActionSet, get_action_set
+from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.learned.starts import START_KEYS, SimulatorStarts, StartLoader, check_starts
 from deepverse_env.render import WorldMap
 from deepverse_env.rewards import Hooks, PerWorldHooks, start_state
@@ -190,8 +190,7 @@ class LearnedWorld:
             cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
             memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype,
             # embodied=False: the cameras as the raymaps predict them, units re-anchored on predicted depth
-            fixed_intrinsics=c.embodied, level_camera=c.embodied,
-            **({"stride": MOVE_PER_FRAME} if c.embodied else {"metric_anchor": 0.0}),  # a step moves the body this far
+            fixed_intrinsics=c.embodied, level_camera=c.embodied, **({} if c.embodied else {"metric_anchor": 0.0}),
         )
         self.rollout = Rollout(model, self.B, rollout_config, self.generator)
         self.td: TensorDict | None = None  # (B,) current frames + hook state entries; None before start
