@@ -3,7 +3,7 @@
 # codec, the world model and the cache refiner (two phases) with the committed configs, export each stage.
 # The steps and batches below are sized for one GPU (the configs' batches are for two CPU cores; the shipped
 # model was trained on CPU). Measured on one H200 in fp32: codec ~9.4 steps/s at batch 16, world model
-# ~6.3 steps/s at batch 32, so the whole recipe needs ~20 minutes: on a shorter lease, cap the stages
+# ~6.3 steps/s at batch 32, so the whole recipe needs an estimated ~20 minutes: on a shorter lease, cap the stages
 # (MAX_SECONDS_*; the cosine then follows the time) or run them in turns (STAGES, INIT_CODEC).
 #
 #   scripts/train_gpu.sh                                    # on a GPU machine, into runs/ and OUT
