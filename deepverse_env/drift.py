@@ -15,6 +15,9 @@ records what makes a world metric, beside the simulator's exact value:
 - ``fx``: the focal length in pixels (the simulator's is fixed);
 - ``scale``: the learned window's metres per normalised unit (the rollout's scale anchor).
 
+Beside the depth ratio, a trivial baseline: *hold the start*, the start frame's true median depth ÷ the true median
+depth at each step (what a world that never changed its depth would score against this walk).
+
 ``--raw`` measures the cameras as the model predicts them (``DeepVerse-v0(embodied=False)``), without the
 body that holds them by default (start intrinsics, a level camera at the start height, the metric anchor).
 
@@ -63,6 +66,7 @@ def _summary(pred: dict, true: dict, steps: int, block: int) -> dict:
             "fx_err_max": round(float(fx_err[:, a : a + block].max()), 4),
             "scale_median": round(float(np.median(pred["scale"][:, a : a + block])), 4),
         })
+    hold = true["median_depth"][:, :1] / true["median_depth"][:, 1:]  # (N, S): the hold-the-start baseline
     return {
         "height_err_max_m": round(float(height_err.max()), 3),
         "height_err_final_m": [round(float(x), 3) for x in height_err[:, -1]],
@@ -70,6 +74,10 @@ def _summary(pred: dict, true: dict, steps: int, block: int) -> dict:
         "depth_ratio_median": round(float(np.median(ratio[:, 1:])), 3),
         "depth_ratio_p5": round(float(np.percentile(ratio[:, 1:], 5)), 3),
         "depth_ratio_p95": round(float(np.percentile(ratio[:, 1:], 95)), 3),
+        "depth_ratio_per_world": [round(float(x), 3) for x in np.median(ratio[:, 1:], axis=1)],
+        "hold_start_ratio_median": round(float(np.median(hold)), 3),
+        "hold_start_ratio_p5": round(float(np.percentile(hold, 5)), 3),
+        "hold_start_ratio_p95": round(float(np.percentile(hold, 95)), 3),
         "true_median_depth_range_m": [round(float(true["median_depth"].min()), 3), round(float(true["median_depth"].max()), 3)],
         "fx_err_max": round(float(fx_err.max()), 4),
         "true_fx": round(float(true["fx"][0, 0]), 3),
@@ -119,7 +127,10 @@ def _report(summary: dict) -> str:
         "",
         f"- camera height vs the truth: max error {s['height_err_max_m']} m (truth stays in {s['true_height_range_m']} m)",
         f"- median depth, predicted / true per step: median {s['depth_ratio_median']}, 5-95% {s['depth_ratio_p5']}-"
-        f"{s['depth_ratio_p95']} (true median depth {s['true_median_depth_range_m']} m)",
+        f"{s['depth_ratio_p95']} (true median depth {s['true_median_depth_range_m']} m); per world "
+        f"{' / '.join(str(x) for x in s['depth_ratio_per_world'])}",
+        f"- baseline, hold the start's depth: median {s['hold_start_ratio_median']}, 5-95% {s['hold_start_ratio_p5']}-"
+        f"{s['hold_start_ratio_p95']}",
         f"- fx: max relative error {s['fx_err_max']} (true {s['true_fx']} px)",
         f"- window scale: {s['scale_range']} m per unit",
         "",

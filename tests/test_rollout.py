@@ -44,10 +44,12 @@ def test_fifty_chunk_batched_rollout_is_finite_and_bounded(tiny_model):
 
 
 def test_same_scene_at_two_scales_gives_the_same_rgb(tiny_model):
+    """Scale-equivariant, as long as no size is assumed in metres: the body's sizes are in eye heights, and
+    the eye height is measured from the start frame's floor where it shows one (these starts do not)."""
     rgb, depth, K = first_frames(2, seed=7)
     runs = []
     for factor in (1.0, 3.0):
-        r = make(tiny_model, 2, seed=5, cache_max=3)
+        r = make(tiny_model, 2, seed=5, cache_max=3, eye_height=None)
         r.reset(rgb, depth * factor, K)
         runs.append([r.step(WALK[:2]) for _ in range(7)])  # two window slides, memory in use
     for a, b in zip(*runs):
@@ -231,3 +233,66 @@ def test_level_camera_keeps_heading_and_tilt_drops_roll_and_climb(tiny_model):
             assert (pitch.abs() <= 20.0 + 1e-3).all()
     with pytest.raises(ValueError, match=r"max_pitch_deg must be in \(0, 90\], got 0"):
         make(tiny_model, 1, max_pitch_deg=0)
+
+
+def test_the_simulator_keeps_the_body_bounds():
+    """The body's world is true of the simulator: along random walks, its own frames need no clamping (at
+    slack 1: nothing below the floor or above the highest ceiling, nothing nearer than min_depth)."""
+    from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
+
+    config = RolloutConfig()
+    sims = DeepVerseSimVectorEnv(4, height=32, width=32, frames_per_step=4)
+    obs, _ = sims.reset(seed=[2000000, 2000001, 2000002, 2000003])
+    actions = torch.Generator().manual_seed(0)
+    floor = torch.full((4,), config.eye_height)
+    for _ in range(40):
+        obs, *_ = sims.step(torch.randint(9, (4,), generator=actions).numpy())
+        depth, K, pose = (torch.as_tensor(obs[k]).float() for k in ("depth", "intrinsics", "pose"))
+        ceiling, near = floor * (config.room_height - 1), floor * config.min_depth
+        lo, hi = world_model.rollout.body_bounds(depth[..., 0], K, pose, floor, ceiling, near)
+        assert (lo <= 1.0).all() and (hi >= 1.0 - 1e-5).all(), (lo, hi)
+    sims.close()
+
+
+def test_a_slide_keeps_the_window_in_the_body_world(tiny_model):
+    """Where the anchors measure little (seen from behind, a weak metric_anchor), a window whose depth came out
+    10x too far is brought back until its floor is at most body_slack eye heights below the camera, and
+    one 10x too near until its nearest surfaces are min_depth away; None drops a bound."""
+    rgb, depth, K = first_frames(1, seed=4)
+    turn = torch.diag(torch.tensor([-1.0, 1.0, -1.0, 1.0]))  # seen from behind: no start surface in view
+
+    def kept(factor):
+        return TensorDict({
+            "rgb": rgb[:, None], "depth": factor * depth[:, None], "pose": turn[None, None], "intrinsics": K[:, None],
+        }, [1, 1])
+
+    world = torch.tensor([0])
+    r = make(tiny_model, 1, metric_anchor=0.1)
+    r.reset(rgb, depth, K)
+    far = r._anchor_to_start(world, kept(10.0))
+    floor = torch.tensor([r.config.eye_height])
+    slack = r.config.body_slack
+    lo, hi = world_model.rollout.body_bounds(far["depth"][:, 0, ..., 0], K, turn[None], floor * slack, floor * slack, None)
+    assert float(hi) == pytest.approx(1.0, rel=1e-4)  # exactly at a bound: body_slack eye heights below or above
+    near = r._anchor_to_start(world, kept(0.05))
+    nearest = torch.quantile(near["depth"].flatten(), 0.01)
+    assert float(nearest) == pytest.approx(r.config.min_depth * 1.5, rel=1e-4)  # 0.1 eye heights
+    garbage = kept(10.0)  # too deep below the floor and, at 2% of its pixels, nearer than the body allows
+    garbage["depth"].view(-1)[:: 50] = 1e-3
+    lo, hi = world_model.rollout.body_bounds(
+        garbage["depth"][:, 0, ..., 0], K, turn[None], floor * slack, floor * slack, floor * r.config.min_depth
+    )
+    assert lo > hi  # the two bounds conflict: neither wins, the geometric mean of the two
+    out = r._anchor_to_start(world, garbage)
+    assert torch.allclose(out["depth"], garbage["depth"] * (lo * hi).sqrt(), rtol=1e-4)
+    free = make(tiny_model, 1, metric_anchor=0.1, eye_height=None, room_height=None, min_depth=None)
+    free.reset(rgb, depth, K)
+    free.floor.zero_()  # no measured floor either
+    assert torch.equal(free._anchor_to_start(world, kept(10.0))["depth"], kept(10.0)["depth"])  # nothing measures it
+    for name, bad in (("eye_height", 0), ("room_height", float("nan")), ("min_depth", "1")):
+        with pytest.raises(ValueError, match=f"{name} must be None or a finite number > 0, got {bad!r}"):
+            make(tiny_model, 1, **{name: bad})
+    with pytest.raises(ValueError, match=r"room_height must be > 1 eye height \(the ceiling above the camera\), got 1.0"):
+        make(tiny_model, 1, room_height=1.0)
+    with pytest.raises(ValueError, match="body_slack must be a finite number >= 1, got 0.5"):
+        make(tiny_model, 1, body_slack=0.5)
