@@ -79,3 +79,14 @@ def test_sharpness_ratio_sees_blur_that_psnr_forgives():
     assert (M.sharpness_ratio(gray, truth) == 0).all()
     assert (M.sharpness_ratio(blur, truth) < 0.5).all() and (M.psnr(blur, truth) > M.psnr(gray, truth)).all()
     assert set(M.frame_metrics({"rgb": truth}, {"rgb": truth})) == {"psnr", "ssim", "sharpness"}
+
+
+def test_chroma_is_zero_for_gray_and_the_ratio_compares_colourfulness():
+    from world_model.metrics import chroma, chroma_ratio
+
+    gray = torch.full((2, 4, 4, 3), 100, dtype=torch.uint8)
+    blue = gray.clone()
+    blue[..., 2] = 250  # (100, 100, 250): mean 150, |deviations| 50, 50, 100
+    assert torch.equal(chroma(gray), torch.zeros(2))
+    assert torch.allclose(chroma(blue), torch.full((2,), 200 / 3 / 255))
+    assert torch.allclose(chroma_ratio(gray, blue), torch.zeros(2)) and torch.allclose(chroma_ratio(blue, blue), torch.ones(2))

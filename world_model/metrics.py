@@ -54,6 +54,17 @@ def sharpness_ratio(pred: Tensor, target: Tensor) -> Tensor:
     return laplacian_energy(pred) / laplacian_energy(target).clamp_min(1e-6)
 
 
+def chroma(rgb: Tensor) -> Tensor:
+    """Mean |channel - the pixel's RGB mean| of frames (..., H, W, 3) -> (...,), in [0, 1] units: 0 = gray."""
+    x = _unit(rgb)
+    return (x - x.mean(-1, keepdim=True)).abs().mean(dim=(-3, -2, -1))
+
+
+def chroma_ratio(pred: Tensor, target: Tensor) -> Tensor:
+    """Chroma of predicted ÷ true frames (..., H, W, 3) -> (...,): 1 = as colourful as the truth, 0 = gray."""
+    return chroma(pred) / chroma(target).clamp_min(1e-6)
+
+
 def depth_abs_rel(pred: Tensor, target: Tensor) -> Tensor:
     """Mean |pred - target| / target over pixels, depth (..., H, W, 1) -> (...,)."""
     return ((pred - target).abs() / target).flatten(-3).mean(-1)
