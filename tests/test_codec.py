@@ -172,6 +172,24 @@ def test_edge_loss_adds_the_l1_of_finite_differences():
     torch.testing.assert_close(loss, plain_loss + 0.5 * logs["rgb_grad_l1"])
 
 
+def test_chroma_loss_adds_the_l1_of_the_colour_without_its_gray():
+    batch = inputs(small_vae(), 2, 3, 16, 16, seed=1)
+    torch.manual_seed(0)
+    plain_loss, plain = small_vae().loss(*batch)
+    torch.manual_seed(0)  # the same posterior sample
+    vae = small_vae(chroma_weight=2.0)
+    loss, logs = vae.loss(*batch)
+    assert set(logs) == {"rgb_l1", "rgb_chroma_l1", "depth_l1", "kl", "loss"} and "rgb_chroma_l1" not in plain
+    torch.testing.assert_close(loss, plain_loss + 2.0 * logs["rgb_chroma_l1"])
+    rgb = batch[0]
+    gray = rgb.mean(dim=2, keepdim=True).expand_as(rgb)  # a gray reconstruction misses exactly the chroma
+    recon = {"rgb": gray, "depth": batch[1]}
+    vae._decode_pixels = lambda *a: recon
+    torch.manual_seed(0)
+    _, logs = vae.loss(*batch)
+    torch.testing.assert_close(logs["rgb_chroma_l1"], (rgb - gray).abs().mean())
+
+
 def test_gradients_reach_every_vae_parameter():
     vae = small_vae()
     loss, _ = vae.loss(*inputs(vae, 1, 3, 16, 16))

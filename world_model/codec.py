@@ -349,6 +349,8 @@ class CausalVAEConfig:
     kl_weight: float = 1e-3  # on the mean KL per latent value: small, the latent must stay informative
     grad_weight: float = 0.0  # L1 of the RGB's finite differences (x and y): keeps edges and texture, which
                               # plain L1 trades for blur
+    chroma_weight: float = 0.0  # L1 of the chroma (each channel minus the pixel's RGB mean): the colour, which plain
+                                # L1 lets the tiny codec drop first (scripts/codec_probe.py)
 
 
 class _Encoder(nn.Module):
@@ -440,11 +442,12 @@ class CausalVAE(Codec):
         return torch.cat([mean, self.encode_raymap(raymap)], dim=2), logvar
 
     def loss(self, rgb: Tensor, depth: Tensor | None, raymap: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training loss: L1 reconstruction of rgb (+ grad_weight * L1 of its finite differences, + depth_weight
-        * depth) of a posterior sample, + kl_weight * mean KL to N(0, 1) per latent value.
+        """Training loss: L1 reconstruction of rgb (+ grad_weight * L1 of its finite differences, + chroma_weight * L1
+        of its chroma, + depth_weight * depth) of a posterior sample, + kl_weight * mean KL to N(0, 1) per latent value.
 
         Returns:
-            loss: scalar;  logs: detached scalars ``rgb_l1``, ``rgb_grad_l1`` (with grad_weight),
+            loss: scalar;  logs: detached scalars ``rgb_l1``, ``rgb_grad_l1`` (with grad_weight), ``rgb_chroma_l1``
+            (with chroma_weight),
             ``depth_l1`` (with depth), ``kl``, ``loss``.
         """
         self._check_inputs(rgb, depth, raymap)
@@ -457,6 +460,10 @@ class CausalVAE(Codec):
         if self.config.grad_weight:
             logs["rgb_grad_l1"] = sum((recon["rgb"].diff(dim=d) - rgb.diff(dim=d)).abs().mean() for d in (-1, -2))
             loss = loss + self.config.grad_weight * logs["rgb_grad_l1"]
+        if self.config.chroma_weight:
+            chroma = lambda x: x - x.mean(dim=2, keepdim=True)  # noqa: E731  (B, T, 3, H, W)
+            logs["rgb_chroma_l1"] = (chroma(recon["rgb"]) - chroma(rgb)).abs().mean()
+            loss = loss + self.config.chroma_weight * logs["rgb_chroma_l1"]
         if self.use_depth:
             logs["depth_l1"] = (recon["depth"] - depth).abs().mean()
             loss = loss + self.config.depth_weight * logs["depth_l1"]
