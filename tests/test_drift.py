@@ -39,7 +39,6 @@ def test_drift_writes_series_summary_and_plots(checkpoint, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["out"] == str(out)
 
 
-
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.is_dir(), reason="the shipped model is not there yet")
 def test_a_thousand_steps_of_the_shipped_model_stay_metric(tmp_path):
