@@ -130,8 +130,9 @@ def test_unscale_intrinsics_inverts_scale():
     assert torch.allclose(G.unscale_intrinsics(G.scale_intrinsics(K, 8), 8), K, atol=1e-5)
 
 
-def test_vae_is_causal_in_time():
-    vae = small_vae().eval()
+@pytest.mark.parametrize("norm", ["group", "channel"])
+def test_vae_is_causal_in_time(norm):
+    vae = small_vae(norm=norm).eval()
     rgb, depth, raymap = inputs(vae, 1, 7, 16, 16)
     changed = rgb.clone()
     changed[:, 3] = -changed[:, 3]  # frame 3 belongs to latent frame 2 (frames 3, 4)
@@ -190,6 +191,23 @@ def test_chroma_loss_adds_the_l1_of_the_colour_without_its_gray():
     torch.testing.assert_close(logs["rgb_chroma_l1"], (rgb - gray).abs().mean())
 
 
+def test_channel_norm_keeps_a_frames_colour_where_group_norm_removes_it():
+    """The shipped codec's per-frame GroupNorm (one channel a group at the tiny widths) normalises each channel's
+    mean over the frame away, so two frames that differ only by a colour cast look the same to the layer after it;
+    ChannelNorm normalises each pixel over its channels and keeps the difference."""
+    from world_model.codec import ChannelNorm, FrameGroupNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 2, 6, 6)  # (B, C, T, H, W)
+    cast = x + torch.linspace(-1, 1, 8)[None, :, None, None, None]  # a per-channel offset over the whole clip
+    group, channel = FrameGroupNorm(8), ChannelNorm(8)
+    torch.testing.assert_close(group(cast), group(x), atol=1e-5, rtol=0)
+    assert (channel(cast) - channel(x)).abs().amax() > 0.1
+    y = channel(x)  # each pixel of each frame: zero mean, unit variance over its channels
+    torch.testing.assert_close(y.mean(1), torch.zeros(1, 2, 6, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(1, 2, 6, 6), atol=1e-3, rtol=0)
+
+
 def test_gradients_reach_every_vae_parameter():
     vae = small_vae()
     loss, _ = vae.loss(*inputs(vae, 1, 3, 16, 16))
@@ -245,6 +263,8 @@ def test_bad_inputs_are_named():
         CausalVAE(CausalVAEConfig(temporal_factor=3))
     with pytest.raises(ValueError, match="'huge'"):
         build_codec("huge")
+    with pytest.raises(ValueError, match="norm 'batch'"):
+        CausalVAEConfig(norm="batch")
 
 
 def test_build_codec_dispatches_on_config():
@@ -254,15 +274,16 @@ def test_build_codec_dispatches_on_config():
     assert math.isclose(vae.config.kl_weight, SMALL.kl_weight)
 
 
-@pytest.mark.parametrize("name", ["vae", "pixel"])
+@pytest.mark.parametrize("name", ["vae", "vae_channel_norm", "pixel"])
 def test_streamed_decode_equals_whole_decode(name):
     """Decoding latent frames one call at a time (DecoderStream) gives the frames of one whole decode."""
     from world_model.codec import DecoderStream
 
     torch.manual_seed(0)
     codec = build_codec(
-        CausalVAEConfig(spatial_factor=4, temporal_factor=2, width=8, channel_mult=(1, 2, 2))
-        if name == "vae" else PixelCodecConfig(spatial_factor=4, temporal_factor=2)
+        CausalVAEConfig(spatial_factor=4, temporal_factor=2, width=8, channel_mult=(1, 2, 2),
+                        norm="channel" if name == "vae_channel_norm" else "group")
+        if name.startswith("vae") else PixelCodecConfig(spatial_factor=4, temporal_factor=2)
     ).eval()
     latent = torch.randn(2, 4, codec.latent_channels, 3, 2)  # (B, T', C, h, w)
     with torch.no_grad():

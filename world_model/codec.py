@@ -269,7 +269,10 @@ class CausalConv3d(nn.Module):
 
 
 class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm with statistics per frame: statistics over the clip would leak the future into the past."""
+    """GroupNorm with statistics per frame: statistics over the clip would leak the future into the past.
+
+    At the tiny widths ``gcd(32, channels)`` groups hold one or two channels, so each channel's mean and spread
+    over the frame are normalised away: a frame's colour and contrast (style, in the sense of instance norm)."""
 
     def __init__(self, channels: int):
         super().__init__(math.gcd(32, channels), channels)
@@ -280,12 +283,26 @@ class FrameGroupNorm(nn.GroupNorm):
         return y.reshape(B, T, C, H, W).transpose(1, 2)  # (B, C, T, H, W)
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of each frame (ConvNeXt's): no statistics over space or time, so
+    nothing leaks from the future and a frame's colour and contrast pass through (``FrameGroupNorm`` removes them)."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)  # (B, C, T, H, W)
+
+
+NORMS = {"group": FrameGroupNorm, "channel": ChannelNorm}
+
+
 class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: type[nn.Module] = FrameGroupNorm):
         super().__init__()
-        self.norm1 = FrameGroupNorm(c_in)
+        self.norm1 = norm(c_in)
         self.conv1 = CausalConv3d(c_in, c_out)
-        self.norm2 = FrameGroupNorm(c_out)
+        self.norm2 = norm(c_out)
         self.conv2 = CausalConv3d(c_out, c_out)
         self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -351,6 +368,12 @@ class CausalVAEConfig:
                               # plain L1 trades for blur
     chroma_weight: float = 0.0  # L1 of the chroma (each channel minus the pixel's RGB mean): the colour, which plain
                                 # L1 lets the tiny codec drop first (scripts/codec_probe.py)
+    norm: str = "group"  # "group": FrameGroupNorm (the shipped codec); "channel": ChannelNorm, which keeps each frame's
+                         # colour and contrast (MODEL_CARD.md, "Where the colour went")
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown codec norm {self.norm!r}; expected one of {sorted(NORMS)}")
 
 
 class _Encoder(nn.Module):
@@ -363,15 +386,16 @@ class _Encoder(nn.Module):
         super().__init__()
         widths = [config.width * m for m in config.channel_mult]
         time_levels = int(math.log2(config.temporal_factor))
+        norm = NORMS[config.norm]
         layers: list[nn.Module] = [CausalConv3d(in_channels, widths[0])]
         c = widths[0]
         for level, w in enumerate(widths):
             for _ in range(config.blocks):
-                layers.append(ResBlock(c, w))
+                layers.append(ResBlock(c, w, norm))
                 c = w
             if level < len(widths) - 1:
                 layers.append(Downsample(c, time=level < time_levels))
-        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
+        layers += [norm(c), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -387,15 +411,16 @@ class _Decoder(nn.Module):
         super().__init__()
         widths = [config.width * m for m in config.channel_mult]
         time_levels = int(math.log2(config.temporal_factor))
+        norm = NORMS[config.norm]
         c = widths[-1]
         layers: list[nn.Module] = [CausalConv3d(latent_channels, c)]
         for level in reversed(range(len(widths))):
             for _ in range(config.blocks):
-                layers.append(ResBlock(c, widths[level]))
+                layers.append(ResBlock(c, widths[level], norm))
                 c = widths[level]
             if level > 0:
                 layers.append(Upsample(c, time=level - 1 < time_levels))
-        layers += [FrameGroupNorm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
+        layers += [norm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, z: Tensor, stream: DecoderStream | None = None) -> Tensor:
