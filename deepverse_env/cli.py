@@ -344,7 +344,8 @@ def add_eval(subparsers) -> None:
         description="Roll the learned world and the simulator with the same seeded random actions from each world's "
         "4D first frame and from its RGB alone; write per-frame PSNR, SSIM, sharpness, depth and camera errors beside "
         "copy-first and warp-with-true-motion (metrics.json, report.md, one PNG plot per metric, frame strips), with the "
-        "grounded path (3D cache) beside the paper path when the model has a refiner, and an out-and-back revisit.",
+        "grounded path (3D cache) beside the paper path when the model uses it (a refiner or a render frame), and an "
+        "out-and-back revisit.",
     )
     p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")

@@ -188,8 +188,9 @@ def run_eval(
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))
-    paths = {"grounded": True, "paper path": False} if model.refiner is not None and compare_paper_path else {
-        "grounded" if model.refiner is not None else "paper path": model.refiner is not None
+    grounded = model.refiner is not None or model.dit.config.render_frame  # the model uses the 3D cache
+    paths = {"grounded": True, "paper path": False} if grounded and compare_paper_path else {
+        "grounded" if grounded else "paper path": grounded
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,9 @@ class StepProfile(AbstractContextManager):
             ("maps", world, "_record"), ("step", world, "step"),
         ]
         if rollout.cache is not None:
-            targets += [("render", rollout.cache, "render"), ("refine", model.refiner, "forward")]
+            targets.append(("render", rollout.cache, "render"))
+        if rollout.cache is not None and model.refiner is not None:
+            targets.append(("refine", model.refiner, "forward"))
         self.world, self.targets = world, targets
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps = 0

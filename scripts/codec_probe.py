@@ -1,7 +1,7 @@
 """Where does the colour go? Probe a codec's RGB latent on held-out test clips (issue 12).
 
     python scripts/codec_probe.py                                  # the shipped model's codec
-    python scripts/codec_probe.py --checkpoint DIR --batches 4
+    python scripts/codec_probe.py --checkpoint DIR --batches 4 --png recon.png
 
 Prints JSON: the chroma of the truth and of the codec's reconstruction decode(encode(clip)) (``metrics.chroma``,
 0-255 levels), split into each frame's mean colour and the colour within the frame; and how much of the truth the
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint", default=str(SHIPPED), help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--data", default="data/sim", help="the recorded dataset (default data/sim)")
     p.add_argument("--batches", type=int, default=2, help="test batches of 8 clips of 17 frames (default 2)")
+    p.add_argument("--png", help="also save truth above reconstruction (frames 0, 8, 16 of 4 clips spread over the batches) here")
     args = p.parse_args(argv)
     if args.batches < 1:
         p.error(f"--batches must be >= 1, got {args.batches}")
@@ -97,6 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     print(json.dumps(out, indent=1))
+    if args.png:
+        from PIL import Image
+
+        pick = lambda x: x[:: max(1, len(x) // 4)][:4, ::8].round().clamp(0, 255).to(torch.uint8)  # (4, 3, H, W, 3)  # noqa: E731
+        rows = [torch.cat(list(pick(x).flatten(0, 1)), dim=1) for x in (t, r)]  # (H, 12 W, 3) each
+        Image.fromarray(torch.cat(rows, dim=0).numpy()).resize((12 * 128, 2 * 128), Image.NEAREST).save(args.png)
     return out
 
 

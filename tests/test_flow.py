@@ -94,6 +94,26 @@ def test_loss_dropout_replaces_text_and_masks_memory():
     assert torch.equal(kept.history, cond.history) and not torch.equal(dropped.history, cond.history)
 
 
+def test_loss_dropout_takes_a_render_with_the_memory_frame_and_alone():
+    """A render (M18) is dropped with the memory frame (spatial_drop) and on its own (render_drop), also where
+    the condition holds no memory frame."""
+    model, x0, cond = model_and_batch()
+    g = torch.Generator().manual_seed(1)
+    cond = dataclasses.replace(cond, render=torch.randn(2, 1, C, H, W, generator=g), render_cover=torch.rand(2, 1, H, W))
+    seen = []
+    model.forward = lambda x, t, c, known=None: seen.append(c) or torch.zeros_like(x)
+    for spatial_drop, render_drop in ((1.0, 0.0), (0.0, 1.0), (0.0, 0.0)):
+        FlowMatching(FlowConfig(spatial_drop=spatial_drop, render_drop=render_drop)).loss(model, x0, cond)
+    FlowMatching(FlowConfig(spatial_drop=1.0, render_drop=0.0)).loss(model, x0, dataclasses.replace(cond, spatial=None))
+    masks = [(c.spatial_mask, c.render_mask.tolist()) for c in seen]
+    assert masks[0][0].tolist() == masks[0][1] == [False, False]  # with the memory frame
+    assert masks[1][0].tolist() == [True, True] and masks[1][1] == [False, False]  # alone
+    assert masks[2][0].tolist() == masks[2][1] == [True, True]
+    assert masks[3][0] is None and masks[3][1] == [False, False]  # a render without a memory frame is dropped too
+    with pytest.raises(ValueError, match="render_drop must be in"):
+        FlowConfig(render_drop=-0.1)
+
+
 @pytest.mark.parametrize("mode", ["token", "channel"])
 def test_cached_sampler_equals_uncached(mode):
     model, _, cond = model_and_batch(history_mode=mode)

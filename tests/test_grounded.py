@@ -175,3 +175,40 @@ def test_the_learned_env_carries_the_cache_through_snapshots_and_imagination():
     paper.reset(seed=4)
     assert paper.unwrapped.world.rollout.cache is None
     assert not np.array_equal(paper.step(1)[0]["rgb"], first[0])
+
+
+def test_a_render_frame_model_generates_each_chunk_in_two_passes(monkeypatch):
+    """With the cache, a first pass without a render gives the keyframe camera the cache is rendered into and a
+    second pass with that render gives the chunk; same seed, same frames; without the cache, one pass."""
+    model = DeepVerse(tiny_config(dit_overrides={"render_frame": True}, sampler={"steps": 1})).eval()
+    perturb_zero_init(model)
+    assert model.refiner is None
+    renders = []  # per next_latent call: the render passed, or None
+    original = model.next_latent
+
+    def next_latent(*args, **kwargs):
+        renders.append(args[4] if len(args) > 4 else kwargs.get("render"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "next_latent", next_latent)
+    r, again = make(model, 2, seed=3, cache_max=3), make(model, 2, seed=3, cache_max=3)
+    r.reset(*first_frames(2)), again.reset(*first_frames(2))
+    assert r.cache.sizes().tolist() == [1, 1]
+    for i in range(4):  # windows slide
+        renders.clear()
+        chunk = r.step(WALK[:2])
+        assert len(renders) == 2 and renders[0] is None and renders[1].shape == (2, 1, *r.latents.shape[2:])
+        assert torch.equal(chunk["rgb"], again.step(WALK[:2])["rgb"]) and torch.isfinite(chunk["depth"]).all()
+    assert r.cache.sizes().tolist() == [5, 5]  # the start frame and each chunk's keyframe
+
+    def fail(chunk):
+        raise RuntimeError("rejected")
+
+    with pytest.raises(RuntimeError, match="rejected"):
+        r.step(WALK[:2], before_commit=fail)  # all or nothing: both passes' noise and the cache roll back
+    assert torch.equal(r.step(WALK[:2])["rgb"], again.step(WALK[:2])["rgb"])
+    plain = make(model, 2, seed=3, cache_max=3, render_cache=False)
+    plain.reset(*first_frames(2))
+    renders.clear()
+    plain.step(WALK[:2])
+    assert plain.cache is None and renders == [None]

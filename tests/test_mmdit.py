@@ -1,9 +1,12 @@
-"""MM-DiT: shape contract, gradients, the Fig. 9 mask and its K/V cache, memory-frame masking, bad inputs."""
+"""MM-DiT: shape contract, gradients, the Fig. 9 mask and its K/V cache, memory-frame and render masking, bad
+inputs."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from world_model.mmdit import HISTORY, NOISY, SPATIAL, TEXT, Condition, MMDiT, MMDiTConfig, apply_rope, unpatchify
+from world_model.mmdit import (
+    HISTORY, NOISY, SPATIAL, TEXT, Condition, MMDiT, MMDiTConfig, apply_rope, patchify, unpatchify,
+)
 from world_model.text_encoder import TextEmbedding
 
 from conftest import perturb_zero_init
@@ -35,10 +38,20 @@ def inputs(B=2, Th=2, k=1, L=3, S=1, seed=0):
     )
 
 
-def condition(x: dict, spatial_mask=None) -> Condition:
-    """The ``Condition`` of a dict of ``inputs``."""
+def condition(x: dict, spatial_mask=None, render_mask=None) -> Condition:
+    """The ``Condition`` of a dict of ``inputs`` (with a render where it holds one)."""
     text = TextEmbedding(x["text_tokens"], x["text_mask"], x["text_pooled"])
-    return Condition(text, text, x["history"], x["history_t"], x["spatial"], spatial_mask)
+    return Condition(
+        text, text, x["history"], x["history_t"], x["spatial"], spatial_mask, x.get("render"), x.get("render_cover"),
+        render_mask,
+    )
+
+
+def with_render(x: dict, seed=1) -> dict:
+    """``inputs`` plus a render frame (B, 1, C, H, W) and its coverage (B, 1, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    B = x["x_noisy"].shape[0]
+    return {**x, "render": torch.randn(B, 1, C, H, W, generator=g), "render_cover": torch.rand(B, 1, H, W, generator=g)}
 
 
 def call(model: MMDiT, x: dict, known=None, spatial_mask=None):
@@ -76,28 +89,36 @@ def test_gradients_reach_every_parameter(mode):
 
 
 def joint_forward(m: MMDiT, x_noisy, t, history, history_t, text_tokens, text_mask, text_pooled, spatial,
-                  spatial_mask):
+                  spatial_mask, render=None, render_cover=None, render_mask=None):
     """Reference without the split: every token in one sequence per block, masked as in paper Fig. 9.
 
     Returns the velocity, the per-block K/V of the context rows, and the final history-token states.
     """
     B, k = x_noisy.shape[:2]
     Th, S, P, L = history.shape[1], spatial.shape[1], m.patches, text_tokens.shape[1]
+    R = 0 if render is None else 1
     y = m.pooled_embed(text_pooled)
     clean = m.t_embed(torch.zeros(B)) + y
     ones = lambda n: torch.ones(B, n, C, dtype=torch.bool)  # noqa: E731
     xt = m.text_embed(text_tokens) + m.type_embed[TEXT]
+    renders = []
+    if render is not None:  # x_embed of [latent, coverage over every channel], 2D positions, render_type
+        known = render_cover[:, :, None].expand_as(render)
+        tokens = m.x_embed(patchify(torch.cat([render, known], 2), m.config.patch_size))
+        renders.append(tokens + m.pos_embed + m.render_type)
     xv = torch.cat([
         m._embed_frames(spatial, ones(S), SPATIAL),
+        *renders,
         m._embed_frames(history, ones(Th), HISTORY),
         m._embed_frames(x_noisy, ~ones(k), NOISY),
     ], dim=1)
-    cv = torch.stack([clean] * S + [m.t_embed(history_t) + y] * Th + [m.t_embed(t) + y] * k, dim=1)  # (B, G, D)
-    rope = m._rope([-Th - 1] * S + list(range(-Th, 0)) + list(range(k)))
+    cv = torch.stack([clean] * (S + R) + [m.t_embed(history_t) + y] * Th + [m.t_embed(t) + y] * k, dim=1)  # (B, G, D)
+    rope = m._rope([-Th - 1] * S + [0] * R + list(range(-Th, 0)) + list(range(k)))
     N = L + xv.shape[1]
     Nc = N - k * P
     frames_ok = torch.ones(B, (Th + k) * P, dtype=torch.bool)
-    key_ok = torch.cat([text_mask, spatial_mask[:, None].expand(B, S * P), frames_ok], 1)
+    rendered = [] if render is None else [render_mask[:, None].expand(B, P)]
+    key_ok = torch.cat([text_mask, spatial_mask[:, None].expand(B, S * P), *rendered, frames_ok], 1)
     is_ctx = torch.arange(N) < Nc
     allowed = key_ok[:, None, :] & (~is_ctx[:, None] | is_ctx[None, :])  # context queries see context keys only
     allowed = (allowed | torch.eye(N, dtype=torch.bool))[:, None]  # (B, 1, N, N)
@@ -116,19 +137,25 @@ def joint_forward(m: MMDiT, x_noisy, t, history, history_t, text_tokens, text_ma
         xv = block.video.post(xv, o[:, :, L:], mv)
     out = m.final(xv[:, -k * P:], (m.t_embed(t) + y)[:, None])
     velocity = unpatchify(out, k, C, H, W, m.config.patch_size)
-    return velocity, kv, xv[:, S * P:(S + Th) * P]
+    return velocity, kv, xv[:, (S + R) * P:(S + R + Th) * P]
 
 
-def test_split_computation_equals_joint_masked_attention():
-    """encode_context + denoise (with the K/V cache) is the Fig. 9 masked transformer, not an approximation."""
-    model = MMDiT(tiny_config())
+@pytest.mark.parametrize("render", [False, True])
+def test_split_computation_equals_joint_masked_attention(render):
+    """encode_context + denoise (with the K/V cache) is the Fig. 9 masked transformer, not an approximation;
+    with a render frame too (a clean context frame at the noisy frame's time index)."""
+    model = MMDiT(tiny_config(render_frame=render))
     perturb_zero_init(model)
     x = inputs(k=2)
     spatial_mask = torch.tensor([True, False])
     x["spatial"][~spatial_mask] = 0  # encode_context zeroes an absent memory frame (its K/V rows are unused)
+    render_mask = None
+    if render:
+        x, render_mask = with_render(x), torch.tensor([False, True])
+        x["render"][~render_mask], x["render_cover"][~render_mask] = 0, 0  # absent renders are zeroed alike
     with torch.no_grad():
-        ref, ref_kv, _ = joint_forward(model, **x, spatial_mask=spatial_mask)
-        ctx = model.encode_context(condition(x, spatial_mask))
+        ref, ref_kv, _ = joint_forward(model, **x, spatial_mask=spatial_mask, render_mask=render_mask)
+        ctx = model.encode_context(condition(x, spatial_mask, render_mask))
         v = model.denoise(x["x_noisy"], x["t"], ctx)
     torch.testing.assert_close(v, ref, rtol=1e-4, atol=1e-5)
     for (k_ref, v_ref), k, vv in zip(ref_kv, ctx.k, ctx.v):
@@ -211,6 +238,7 @@ def test_known_mask_changes_the_prediction():
         (dict(head_dim=15), "head_dim"),
         (dict(depth=0), "depth"),
         (dict(history_frames=6), "history_frames"),
+        (dict(history_mode="channel", render_frame=True), "render_frame needs history_mode 'token'"),
     ],
 )
 def test_bad_config_raises(overrides, word):
@@ -235,3 +263,87 @@ def test_bad_inputs_raise():
         call(model, x, spatial_mask=torch.ones(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="exactly 2 history frames"):
         call(MMDiT(tiny_config(history_mode="channel")), inputs(Th=1))
+    with pytest.raises(ValueError, match="holds a render but this MMDiT has render_frame=False"):
+        call(model, with_render(x))
+    rendering = MMDiT(tiny_config(render_frame=True))
+    with pytest.raises(ValueError, match=r"render_cover \(2, 1, 4, 6\); got \(2, 1, 5, 4, 6\) and None"):
+        call(rendering, {**with_render(x), "render_cover": None})
+    with pytest.raises(ValueError, match="render has shape"):
+        call(rendering, {**with_render(x), "render": torch.randn(2, 1, C + 1, H, W)})
+    with pytest.raises(ValueError, match="render_mask has shape"):
+        rendering(x["x_noisy"], x["t"], condition(with_render(x), render_mask=torch.ones(3, dtype=torch.bool)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The render frame (M18)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_render_frame_is_a_switch_with_its_own_type_embedding():
+    """Off (the default, and every checkpoint before it): no render_type, the same parameters as ever."""
+    plain, rendering = MMDiT(tiny_config()), MMDiT(tiny_config(render_frame=True))
+    assert not hasattr(plain, "render_type") and "render_type" not in plain.state_dict()
+    assert rendering.render_type.shape == (32,) and rendering.type_embed.shape == plain.type_embed.shape
+    assert set(rendering.state_dict()) - set(plain.state_dict()) == {"render_type"}
+    rendering.load_state_dict(plain.state_dict(), strict=False)  # an old checkpoint loads; only render_type is new
+
+
+def test_render_changes_the_prediction_only_where_present():
+    model = MMDiT(tiny_config(render_frame=True))
+    perturb_zero_init(model)
+    x = inputs(k=2)
+    rendered = with_render(x)
+    mask = torch.tensor([True, False])
+    with torch.no_grad():
+        without = call(model, x)  # a render-frame model takes conditions without a render
+        present = model(x["x_noisy"], x["t"], condition(rendered))
+        masked = model(x["x_noisy"], x["t"], condition(rendered, render_mask=mask))
+        rendered["render"][1], rendered["render_cover"][1] = float("nan"), float("nan")  # an absent render's rows
+        poisoned = model(x["x_noisy"], x["t"], condition(rendered, render_mask=mask))
+        uncovered = model(x["x_noisy"], x["t"], condition({**rendered, "render_cover": torch.zeros(2, 1, H, W)}))
+    assert not torch.allclose(present[0], without[0]) and not torch.allclose(present[1], without[1])
+    torch.testing.assert_close(masked[0], present[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(masked[1], without[1], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(poisoned).all()
+    torch.testing.assert_close(poisoned, masked, rtol=0, atol=0)
+    assert not torch.allclose(uncovered[0], present[0])  # the coverage is an input
+
+
+def test_drop_takes_the_render_with_the_memory_frame_and_cat_joins_it():
+    x = with_render(inputs())
+    cond = condition(x)
+    yes, no = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    one = torch.tensor([True, False])
+    assert cond.has_spatial and cond.holds_spatial
+    kept = cond.drop(yes, one)
+    assert kept.spatial_mask.tolist() == kept.render_mask.tolist() == [True, False]
+    alone = cond.drop(yes, yes, keep_render=one)  # the render alone: the rollout's first pass, memory kept
+    assert alone.spatial_mask.tolist() == [True, True] and alone.render_mask.tolist() == [True, False]
+    gone = cond.drop(yes, None)
+    assert gone.spatial is gone.render is gone.render_cover is gone.render_mask is None and not gone.has_spatial
+    only_render = condition({**x, "spatial": None})
+    assert only_render.has_spatial and only_render.drop(yes, no).render_mask.tolist() == [False, False]
+    assert not condition({**x, "spatial": None}, render_mask=no).has_spatial
+    both = Condition.cat([cond.drop(no, no), cond.drop(yes, one)])
+    assert both.render.shape == (4, 1, C, H, W) and both.render_cover.shape == (4, 1, H, W)
+    assert both.render_mask.tolist() == [False, False, True, False]
+
+
+def test_cached_context_with_a_render_serves_every_step_and_branch():
+    """The flow sampler's K/V cache (encode_context once, denoise per step) equals re-encoding at every step,
+    with the render in the spatial guidance branch."""
+    from world_model.flow import FlowMatching, SamplerConfig
+
+    model = MMDiT(tiny_config(render_frame=True))
+    perturb_zero_init(model)
+    x = with_render(inputs(S=0))
+    cond = condition(x, render_mask=torch.tensor([True, False]))
+    flow, sampler = FlowMatching(), SamplerConfig(steps=3)
+    z = torch.randn(2, 1, C, H, W, generator=torch.Generator().manual_seed(5))
+    cached = flow.sample(model, z, cond, sampler, generator=torch.Generator().manual_seed(0))
+    fresh = flow.sample(model, z, cond, sampler, generator=torch.Generator().manual_seed(0), use_cache=False)
+    torch.testing.assert_close(cached, fresh, rtol=1e-5, atol=1e-6)
+    without = flow.sample(model, z, condition({**x, "render": None, "render_cover": None}), sampler,
+                          generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cached[1], without[1], rtol=1e-5, atol=1e-5)  # absent render: two branches' result
+    assert not torch.allclose(cached[0], without[0])

@@ -7,6 +7,8 @@ import torch
 from world_model.episodes import ClipConfig, EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import DeepVerse, DeepVerseConfig, load_pretrained
+from world_model.refine import RenderNoise, cache_renders
+from world_model.state import true_frames
 from world_model.text import SENTENCES
 
 from conftest import perturb_zero_init, tiny_config
@@ -163,3 +165,85 @@ def test_channel_history_mode_trains_and_generates(tiny_episodes):
     lat = model.encode(batch)
     assert model.next_latent(lat[:, :1], [SENTENCES[3]] * 2).shape == (2, 1, *lat.shape[2:])
     assert model.complete_first_frame(batch["rgb"][:, 0]).shape == (2, 1, *lat.shape[2:])
+
+
+# --------------------------------------------------------------------------------------------------
+# The render frame (M18)
+# --------------------------------------------------------------------------------------------------
+
+
+def render_model(**changes) -> DeepVerse:
+    """A tiny model whose MM-DiT takes a render frame; no dropout, so every sample sees its render."""
+    flow = {"spatial_drop": 0.0, "render_drop": 0.0, **changes.pop("flow_overrides", {})}
+    model = DeepVerse(tiny_config(dit_overrides={"render_frame": True}, flow_overrides=flow, **changes))
+    perturb_zero_init(model.dit)
+    return model
+
+
+def test_render_frame_loss_renders_the_clip_and_trains_render_type(tiny_episodes):
+    model = render_model(completion_prob=0.0)
+    batch = batch_of(model, tiny_episodes)
+    loss, logs = model.loss(batch, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < logs["render_cover"] <= 1
+    assert model.dit.render_type.grad is not None and model.dit.render_type.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.codec.parameters())
+    again, _ = model.loss(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loss, again)  # the render's errors come from the generator too
+    model.config.completion_prob = 1.0  # first-frame completion: nothing to render
+    loss, logs = model.loss(batch)
+    assert torch.isfinite(loss) and logs["render_cover"] == 0
+    plain = DeepVerse(tiny_config(completion_prob=0.0))
+    _, logs = plain.loss(batch_of(plain, tiny_episodes), generator=torch.Generator().manual_seed(0))
+    assert "render_cover" not in logs
+
+
+def test_a_render_is_normalised_into_the_window_as_the_clip_is(tiny_episodes):
+    """A frame's own points rendered into its own camera without errors encode as the clip's frame does: the
+    render frame lives in the same window units (colours, encoded depth, raymap) as the batch."""
+    model = render_model()
+    batch = batch_of(model, tiny_episodes, n=2)
+    exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
+    frame = torch.tensor([4])
+    render = cache_renders(true_frames(batch), frame, frame, batch["scale"], exact)
+    assert render.mask.all()
+    latent, cover = model.encode_render(render, batch["raymap"][:, 4], batch["scale"])
+    truth = model.codec.encode(batch["rgb"][:, 4:5], batch["depth"][:, 4:5], batch["raymap"][:, 4:5])
+    torch.testing.assert_close(latent, truth, rtol=1e-3, atol=1e-3)
+    assert cover.shape == (2, 1, *model.dit.config.latent_size) and torch.equal(cover, torch.ones_like(cover))
+    # The keyframes before a chunk rendered into its keyframe camera: part covered, holes neutral.
+    latent, cover = model.clip_render(batch, 2, exact)
+    assert latent.shape == (2, 1, *truth.shape[2:]) and torch.isfinite(latent).all() and 0 < cover.mean() < 1
+
+
+def test_render_arguments_thread_into_the_condition(tiny_episodes, tiny_model):
+    model = render_model().eval()
+    batch = batch_of(model, tiny_episodes, n=2)
+    lat = model.encode(batch)
+    render, cover = model.clip_render(batch, 1, RenderNoise())
+    sentences = [SENTENCES[3]] * 2
+    cond = model.condition(lat[:, :1], sentences, render=render, render_cover=cover)
+    torch.testing.assert_close(cond.render, model.standardize(render))
+    assert cond.render_mask.all() and torch.equal(cond.render_cover, cover)
+    nearly_empty = torch.zeros_like(cover)
+    nearly_empty[0, 0, 0, 0] = 0.03  # of the 2 x 2 latent pixels: 0.75% of the frame
+    nearly_empty[1, 0, 0, 0] = 0.05  # 1.25%
+    cond = model.condition(lat[:, :1], sentences, render=render, render_cover=nearly_empty)
+    assert cond.render_mask.tolist() == [False, True]  # under 1% of the frame covered: no render
+
+    def run(*args):
+        return model.next_latent(lat[:, :1], sentences, None, None, *args, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(run(), run(render, torch.zeros_like(cover)))  # an uncovered render: as none
+    assert not torch.allclose(run(), run(render, cover))
+    with pytest.raises(ValueError, match="pass render and render_cover together"):
+        model.next_latent(lat[:, :1], sentences, render=render)
+    with pytest.raises(ValueError, match="render_frame=False"):
+        tiny_model.next_latent(lat[:, :1], sentences, render=render, render_cover=cover)
+
+
+def test_the_shipped_model_has_no_render_frame():
+    """render_frame is off by default: the shipped checkpoint (saved before it existed) loads unchanged."""
+    model = load_pretrained()
+    assert not model.dit.config.render_frame and not hasattr(model.dit, "render_type")
+    assert not any("render" in k for k in model.state_dict())

@@ -170,6 +170,32 @@ def test_bf16_mixed_precision_trains_and_keeps_fp32_weights(data_dir, tmp_path):
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+def test_world_model_stage_with_a_render_frame_scores_next_with_exact_renders(data_dir, tmp_path, monkeypatch):
+    """render_frame (M18): training batches render the clips' true keyframes, ``next/*`` conditions on them
+    rendered without errors, and the autoregressive chunks (a rollout's first pass) on none."""
+    module = WorldModelModule(model=tiny_config(dit_overrides={"render_frame": True}), eval_sampler={"steps": 1})
+    fit = trainer(tmp_path, 2)
+    fit.fit(module, datamodule=datamodule(data_dir))
+    logged = fit.callback_metrics
+    assert torch.isfinite(logged["train/loss"]) and torch.isfinite(logged["val/next/psnr"])
+    assert 0 <= logged["train/render_cover"] <= 1 and 0 <= logged["val/render_cover"] <= 1  # 0: a completion batch
+    model, batch = module.averaged, next(iter(fit.datamodule.val_dataloader()))
+    renders = []
+    original = model.next_latent
+
+    def next_latent(*args, **kwargs):
+        renders.append(args[4])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "next_latent", next_latent)
+    clips = module.conditions(model, batch)
+    assert clips.render.shape == (2, 1, *clips.latents.shape[2:]) and 0 < clips.render_cover.mean() <= 1
+    again = module.conditions(model, batch)
+    assert torch.equal(clips.render, again.render)  # no render errors in evaluation
+    assert torch.isfinite(module.evaluate(model, batch)["next/psnr"])
+    assert renders[0] is not None and all(r is None for r in renders[1:])  # next/*, then ar_chunk1..n
+
+
 def test_codec_weights_files_and_mismatches(tmp_path):
     stage1 = DeepVerse(tiny_config())
     save_file(stage1.codec.state_dict(), str(tmp_path / "codec.safetensors"))  # a codec alone, as a file

@@ -10,8 +10,9 @@ the caller hands it the initial noise and the condition (as minRF's ``sample(z, 
 
 Training (``loss``): t ~ logit-normal (SD3); the history frames are noise-augmented at a level drawn per
 sample (so the model tolerates its own imperfect past at rollout time); text is replaced by the null
-text with probability 10% and the memory frame dropped with probability 50% (condition dropout for
-guidance); channels given clean (``known``, first-frame completion M9) are not in the loss.
+text with probability 10% and the memory frame dropped with probability 50%, a render of the 3D cache
+(M18) with it and alone another 20% (condition dropout for guidance; the rollout's first pass has no
+render); channels given clean (``known``, first-frame completion M9) are not in the loss.
 
 Sampling (``sample``): Euler steps on a (shifted) uniform grid with two-condition guidance
 
@@ -80,10 +81,11 @@ class FlowConfig:
     t_std: float = 1.0
     history_noise: float = 0.1  # history noise-augmentation level ~ U(0, history_noise) per sample
     text_drop: float = 0.1  # P(text -> null text) in training (paper)
-    spatial_drop: float = 0.5  # P(memory frame dropped) in training (paper)
+    spatial_drop: float = 0.5  # P(memory frame dropped) in training (paper); a render is dropped with it
+    render_drop: float = 0.2  # P(a render alone dropped) in training: the rollout's first pass has none (M18)
 
     def __post_init__(self):
-        for name in ("text_drop", "spatial_drop", "history_noise"):
+        for name in ("text_drop", "spatial_drop", "render_drop", "history_noise"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.t_std <= 0:
@@ -125,8 +127,9 @@ class FlowMatching:
     ``denoise(x, t, ctx, known)`` and ``forward(x, t, cond, known)`` (``world_model.mmdit.MMDiT``).
 
     ``cond`` is the backbone's condition (``world_model.mmdit.Condition``); the flow only asks it for its
-    ``batch_size``, its ``history`` (to noise-augment), whether it ``has_spatial``, and ``drop`` / ``cat``
-    to build the guidance branches and the training dropout.
+    ``batch_size``, its ``history`` (to noise-augment), whether it ``has_spatial`` / ``holds_spatial``
+    (memory frames, renders), whether it holds a ``render``, and ``drop`` / ``cat`` to build the guidance
+    branches and the training dropout.
     """
 
     def __init__(self, config: FlowConfig | None = None):
@@ -139,7 +142,8 @@ class FlowMatching:
 
         Args:
             x0: (B, k, C, h, w) clean latent frames to predict.
-            cond: their condition (history clean: it is noise-augmented here; memory frames may be masked).
+            cond: their condition (history clean: it is noise-augmented here; memory frames and renders may
+                be masked).
             known: (B, k, C) bool, channels of x0 given clean (kept clean in x_t, left out of the loss).
         Returns:
             ``FlowLoss(loss, t, per_sample)``.
@@ -156,8 +160,9 @@ class FlowMatching:
         if cond.has_history:
             cond = _noised_history(cond, c.history_noise * _rand((B,), x0, generator), generator)
         keep_text = _rand((B,), x0, generator) >= c.text_drop
-        keep_spatial = None if cond.spatial is None else _rand((B,), x0, generator) >= c.spatial_drop
-        v = model(x_t, t, cond.drop(keep_text, keep_spatial), known)
+        keep_spatial = _rand((B,), x0, generator) >= c.spatial_drop if cond.holds_spatial else None
+        keep_render = _rand((B,), x0, generator) >= c.render_drop if cond.render is not None else None
+        v = model(x_t, t, cond.drop(keep_text, keep_spatial, keep_render), known)
         err = (v - (eps - x0)) ** 2  # (B, k, C, h, w)
         weight = torch.ones_like(err) if mask is None else (~mask).to(err.dtype).expand_as(err)
         per_sample = (err * weight).sum((1, 2, 3, 4)) / weight.sum((1, 2, 3, 4)).clamp_min(1)  # (B,)
@@ -187,8 +192,8 @@ class FlowMatching:
         Args:
             z: (B, k, C, h, w) initial noise (t = 1).
             cond: the condition of the B samples; its history is noise-augmented to ``cond.history_t``
-                first, as in training (0 = used clean). With no memory frame in the whole batch the third
-                guidance branch is skipped.
+                first, as in training (0 = used clean). With no memory frame and no render in the whole
+                batch the third guidance branch is skipped.
             sampler: steps, shift and the guidance scales.
             known: (B, k, C) bool and known_values (B, k, C, h, w): channels held at given clean values
                 (first-frame completion: the RGB latent known, depth and raymap generated).
@@ -209,7 +214,8 @@ class FlowMatching:
             level = torch.as_tensor(cond.history_t, dtype=z.dtype, device=z.device).expand(B)  # (B,)
             cond = _noised_history(cond, level, generator) if level.any() else dataclasses.replace(cond, history_t=level)
 
-        # Branches along the batch: (null text, no memory), (text, no memory)[, (text, memory)].
+        # Branches along the batch: (null text, no memory), (text, no memory)[, (text, memory)]; a render goes with
+        # the memory.
         no, yes = torch.zeros(B, dtype=torch.bool, device=z.device), torch.ones(B, dtype=torch.bool, device=z.device)
         if cond.has_spatial:
             branches = [cond.drop(no, no), cond.drop(yes, no), cond.drop(yes, yes)]

@@ -39,7 +39,7 @@ from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
 from world_model.refine import RenderNoise, cache_renders, refiner_inputs
-from world_model.state import to_frames, to_rgb8
+from world_model.state import to_frames, to_rgb8, true_frames
 from world_model.text import SENTENCES
 
 Frames = TensorDict  # (B, T): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) metres, intrinsics (3, 3)
@@ -327,11 +327,6 @@ def _timed_schedule(schedule, timer: Timer, total: int, step: int) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def true_frames(batch: TensorDict) -> Frames:
-    """The clip's frames (the window's first camera as origin)."""
-    return to_frames(batch["rgb"], batch["depth"], batch["pose"], batch["intrinsics"], batch["scale"])
-
-
 def decoded_frames(model: DeepVerse, latents: Tensor, scale: Tensor) -> Frames:
     """Decode latents (B, T', C, h, w) of a window with scale (B,) into frames (depth only with depth)."""
     out = model.codec.decode(latents)
@@ -526,6 +521,8 @@ class Conditions(NamedTuple):
     spatial: Tensor | None  # (B, 1, C, h, w) the memory frame's latent, or None
     spatial_mask: Tensor | None  # (B,) True where a memory frame was found
     scale: Tensor  # (B,) metres per normalised unit of each clip's window
+    render: Tensor | None  # (B, 1, C, h, w) render_frame: true keyframes 0..n-1 rendered into chunk n's camera
+    render_cover: Tensor | None  # (B, 1, h, w) its coverage
 
 
 class WorldModelModule(TrainingModule):
@@ -534,9 +531,11 @@ class WorldModelModule(TrainingModule):
     Evaluation (``evaluate``) on clips of n chunks, frame 0 + n * tf frames:
 
     - ``next/*``: one chunk ahead from real history (latents n-m..n-1, the chunk's caption and memory
-      frame): the decoded chunk n against the truth, beside ``_copy`` / ``_warp`` from the last real frame
-      and ``_codec``, the true chunk decoded from its own latent (the codec's ceiling);
-    - ``ar_chunk{k}/*``: autoregressive from frame 0 alone, generated chunks fed back, k = 1..n.
+      frame, and with ``render_frame`` the true keyframes 0..n-1 rendered without errors into chunk n's true
+      keyframe camera): the decoded chunk n against the truth, beside ``_copy`` / ``_warp`` from the last real
+      frame and ``_codec``, the true chunk decoded from its own latent (the codec's ceiling);
+    - ``ar_chunk{k}/*``: autoregressive from frame 0 alone, generated chunks fed back, k = 1..n (no render:
+      a rollout's first pass).
 
     Longer rollouts (``world_model.rollout``) join as another metric group of ``evaluate``.
 
@@ -631,17 +630,23 @@ class WorldModelModule(TrainingModule):
     @staticmethod
     def conditions(model: DeepVerse, batch: TensorDict) -> Conditions:
         """Encode a batch of clips once for every forecast made from it."""
-        spatial = mask = None
+        spatial = mask = render = cover = None
         if model.config.use_memory and "memory" in batch.keys():
             spatial, mask = model.encode(batch["memory"]), batch["has_memory"].bool()
-        return Conditions(model.encode(batch), batch["caption_ids"], spatial, mask, batch["scale"])
+        if model.dit.config.render_frame:
+            exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
+            render, cover = model.clip_render(batch, batch["caption_ids"].shape[1], exact)
+        return Conditions(model.encode(batch), batch["caption_ids"], spatial, mask, batch["scale"], render, cover)
 
-    def _generate(self, model: DeepVerse, history: Tensor, chunk: int, clips: Conditions) -> Tensor:
-        """Latent of chunk ``chunk`` (B, 1, C, h, w) after ``history``, with that chunk's caption and the memory."""
-        hp = self.hparams
+    def _generate(
+        self, model: DeepVerse, history: Tensor, chunk: int, clips: Conditions, with_render: bool = False
+    ) -> Tensor:
+        """Latent of chunk ``chunk`` (B, 1, C, h, w) after ``history``, with that chunk's caption and the memory,
+        and with ``with_render`` the clips' render (made for their last chunk)."""
+        render, cover = (clips.render, clips.render_cover) if with_render else (None, None)
         return model.next_latent(
             history, [SENTENCES[i] for i in clips.captions[:, chunk - 1].tolist()], clips.spatial,
-            clips.spatial_mask, sampler=hp.eval_sampler,
+            clips.spatial_mask, render, cover, sampler=self.hparams.eval_sampler,
         )
 
     @torch.no_grad()
@@ -649,7 +654,7 @@ class WorldModelModule(TrainingModule):
         """The last chunk n of each clip generated from its real history: metric frames (B, tf, ...)."""
         n = clips.captions.shape[1]
         history = clips.latents[:, :n]  # (B, n, C, h, w); next_latent keeps the last m
-        window = torch.cat([history, self._generate(model, history, n, clips)], dim=1)
+        window = torch.cat([history, self._generate(model, history, n, clips, with_render=True)], dim=1)
         frames = decoded_frames(model, window, clips.scale)
         return {k: v[:, -model.frames_per_chunk :] for k, v in frames.items()}
 

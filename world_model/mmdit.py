@@ -1,25 +1,30 @@
 """MM-DiT: the world model's backbone, a double-stream diffusion transformer over text and video tokens.
 
 DESIGN M5-M7. Two token streams with their own weights (SD3's MM-DiT): text tokens, and video tokens
-from patchified latent frames of three groups,
+from patchified latent frames of four groups,
 
     spatial  the retrieved memory frame(s) (optional, clean)
+    render   the 3D cache rendered into the new chunk's keyframe camera (optional, clean; M18,
+             ``render_frame``): the latent of the render and, per latent pixel, the share of the
+             render's pixels that a cached point covers
     history  the m most recent latent frames (clean up to a small noise augmentation)
     noisy    the k frames being denoised (flow time t)
 
 joined in one attention per block. Positions: a frozen 2D sincos table per patch (as in DiT) plus RoPE
 on Q/K over the *time index* of a frame, counted from the first noisy frame: noisy frames 0..k-1,
-history frames -m..-1, and the memory frame the reserved slot -m-1 just before the window (it is an
-older state from an unknown time; the learned ``spatial`` type embedding tells it apart as well). RoPE
-sees only differences of indices, so counting from the noisy frame changes nothing but this: a chunk's
-single noisy frame sits at 0, its rotation is the identity, and ``denoise`` skips it. Text tokens carry
-no RoPE. Each group adds a learned type embedding.
+history frames -m..-1, the memory frame the reserved slot -m-1 just before the window (it is an
+older state from an unknown time; the learned ``spatial`` type embedding tells it apart as well), and
+the render the noisy frame's own slot 0 (it shows the target view). RoPE sees only differences of
+indices, so counting from the noisy frame changes nothing but this: a chunk's single noisy frame sits
+at 0, its rotation is the identity, and ``denoise`` skips it. Text tokens carry no RoPE. Each group adds
+a learned type embedding (the render its own ``render_type``, created only with ``render_frame`` so that
+older checkpoints load unchanged).
 Q and K are RMS-normalised per head. Every token is modulated (adaLN-Zero) by its own timestep
-embedding plus the pooled text: text and spatial tokens at level 0, history tokens at their noise
-augmentation level, noisy tokens at the flow time t.
+embedding plus the pooled text: text, spatial and render tokens at level 0, history tokens at their
+noise augmentation level, noisy tokens at the flow time t.
 
-Attention mask (paper Fig. 9): the clean context (text, spatial, history) attends only to itself; noisy
-tokens attend to everything. So the context's per-layer K/V never depend on the noisy tokens, and the
+Attention mask (paper Fig. 9): the clean context (text, spatial, render, history) attends only to
+itself; noisy tokens attend to everything. So the context's per-layer K/V never depend on the noisy tokens, and the
 model splits in two: ``encode_context`` runs the context through all layers once per chunk and keeps
 each layer's K/V (a ``Context``); ``denoise`` runs only the noisy tokens, attending to the cached K/V,
 at every flow step and guidance branch. ``forward`` = both, for training. The last block's context
@@ -27,11 +32,12 @@ outputs are never read, so its text stream stops after Q/K/V (SD3's "context pre
 
 ``history_mode="channel"`` is the paper's Model 1 (M7): the m history frames are concatenated
 channel-wise to every noisy frame (one token set, fewer tokens) and their noise level joins the noisy
-tokens' modulation; same public API, but exactly ``history_frames`` history frames are required.
+tokens' modulation; same public API, but exactly ``history_frames`` history frames are required, and
+no render frame.
 
 ``known`` (B, k, C) bool marks channels of the noisy frames that are given clean (first-frame
 completion, M9: RGB known, depth and raymap predicted). The mask is concatenated to the input channels
-of every frame (context frames: all known).
+of every frame (context frames: all known; the render: its coverage, over every channel).
 
 Legend: B batch, T frames, C latent channels, (h, w) latent size, N tokens, D width, H heads, L text
 tokens, P patches per frame, G modulation groups.
@@ -71,6 +77,7 @@ class MMDiTConfig:
     history_frames: int = 4  # m; "channel" is built for exactly m, "token" takes 0..max_frames - k
     qk_norm: bool = True  # RMSNorm on Q and K per head: keeps attention logits bounded in deep/bf16 nets
     rope_base: float = 10000.0  # RoPE wavelength base over the frame index
+    render_frame: bool = False  # M18: a clean context frame of the 3D cache rendered into the target camera
 
     def __post_init__(self):
         self.latent_size = tuple(self.latent_size)
@@ -92,6 +99,13 @@ class MMDiTConfig:
             raise ValueError(f"history_frames {self.history_frames} must be in [0, max_frames={self.max_frames})")
         if self.history_mode == "channel" and self.history_frames < 1:
             raise ValueError("history_mode 'channel' needs history_frames >= 1")
+        if self.history_mode == "channel" and self.render_frame:
+            raise ValueError("render_frame needs history_mode 'token' (the render is a token frame), got 'channel'")
+
+
+def _any_present(frames: Tensor | None, mask: Tensor | None) -> bool:
+    """Whether any sample has ``frames`` (B, T, C, h, w) given their presence ``mask`` (B,) (None = all)."""
+    return frames is not None and (mask is None or bool(mask.any()))
 
 
 @dataclass
@@ -99,7 +113,8 @@ class Condition:
     """What a chunk is generated from: the clean context of the MM-DiT, built by the world model and
     handed whole to ``encode_context`` (and through the flow, which only drops its parts for guidance).
 
-    ``null_text`` is the learned empty text that stands in for ``text`` where text is dropped.
+    ``null_text`` is the learned empty text that stands in for ``text`` where text is dropped. The memory
+    frame and the render form the *spatial* part: guidance and training dropout keep or drop them together.
     """
 
     text: TextEmbedding  # (B) the action sentences
@@ -108,6 +123,9 @@ class Condition:
     history_t: Tensor | float = 0.0  # their noise-augmentation level, scalar or (B,) in [0, 1]; 0 = clean
     spatial: Tensor | None = None  # (B, S, C, h, w) retrieved memory frame(s), or None
     spatial_mask: Tensor | None = None  # (B,) bool, False = no memory frame for that sample; None = all present
+    render: Tensor | None = None  # (B, 1, C, h, w) the 3D cache rendered into the target camera, or None
+    render_cover: Tensor | None = None  # (B, 1, h, w) in [0, 1], share of the render's pixels covered
+    render_mask: Tensor | None = None  # (B,) bool, False = no render for that sample; None = all present
 
     @property
     def batch_size(self) -> int:
@@ -119,27 +137,39 @@ class Condition:
 
     @property
     def has_spatial(self) -> bool:
-        """Whether any sample has a memory frame."""
-        return self.spatial is not None and (self.spatial_mask is None or bool(self.spatial_mask.any()))
+        """Whether any sample has a memory frame or a render (the spatial guidance branch has something)."""
+        return _any_present(self.spatial, self.spatial_mask) or _any_present(self.render, self.render_mask)
 
-    def drop(self, keep_text: Tensor, keep_spatial: Tensor | None) -> Condition:
+    @property
+    def holds_spatial(self) -> bool:
+        """Whether memory frames or renders are held at all, present or masked (what ``drop`` can drop)."""
+        return self.spatial is not None or self.render is not None
+
+    def drop(self, keep_text: Tensor, keep_spatial: Tensor | None, keep_render: Tensor | None = None) -> Condition:
         """Per sample (B,) bool: the text replaced by the null text where ``keep_text`` is False, the memory
-        frame masked out where ``keep_spatial`` is False; ``keep_spatial=None`` removes the memory frames."""
-        if keep_spatial is None:
-            spatial = mask = None
+        frame and the render masked out where ``keep_spatial`` is False, the render alone also where
+        ``keep_render`` is False; ``keep_spatial=None`` removes the memory frames and the renders."""
+
+        def kept(x: Tensor | None, mask: Tensor | None, keep: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+            if x is None or keep is None:
+                return None, None
+            return x, keep if mask is None else keep & mask.bool()
+
+        spatial, spatial_mask = kept(self.spatial, self.spatial_mask, keep_spatial)
+        if keep_render is None or keep_spatial is None:
+            keep_render = keep_spatial
         else:
-            spatial = self.spatial
-            mask = keep_spatial if self.spatial_mask is None else keep_spatial & self.spatial_mask.bool()
-        if spatial is None:
-            mask = None
+            keep_render = keep_spatial & keep_render
+        render, render_mask = kept(self.render, self.render_mask, keep_render)
         return dataclasses.replace(
-            self, text=self.text.where(keep_text, self.null_text), spatial=spatial, spatial_mask=mask
+            self, text=self.text.where(keep_text, self.null_text), spatial=spatial, spatial_mask=spatial_mask,
+            render=render, render_cover=None if render is None else self.render_cover, render_mask=render_mask,
         )
 
     @staticmethod
     def cat(conditions: list[Condition]) -> Condition:
         """Concatenate along the batch (the guidance branches of one call); all have history or none,
-        memory frames or none, and their ``history_t`` is (B,) or they share one scalar."""
+        memory frames or none, renders or none, and their ``history_t`` is (B,) or they share one scalar."""
         first = conditions[0]
 
         def joined(name: str):
@@ -153,7 +183,7 @@ class Condition:
             history_t = first.history_t
         return Condition(
             TextEmbedding.cat([c.text for c in conditions]), first.null_text, joined("history"), history_t,
-            joined("spatial"), joined("spatial_mask"),
+            joined("spatial"), joined("spatial_mask"), joined("render"), joined("render_cover"), joined("render_mask"),
         )
 
 
@@ -165,10 +195,10 @@ class Context:
     serves any number of steps without autograd, and one ``denoise`` with autograd (training).
     """
 
-    k: list[Tensor]  # per block: (B, H, Nc [+ Nn], hd) keys of text + spatial + history [+ noisy] tokens
+    k: list[Tensor]  # per block: (B, H, Nc [+ Nn], hd) keys of text + spatial + render + history [+ noisy] tokens
     v: list[Tensor]  # per block: values, same shape
     tokens: int  # Nc, the context tokens
-    key_mask: Tensor | None  # (B, Nc) bool, False = padding text / dropped memory frame; None = all valid
+    key_mask: Tensor | None  # (B, Nc) bool, False = padding text / dropped memory frame or render; None = all valid
     cond: Tensor  # (B, D) added to the noisy tokens' time embedding: pooled text (+ history level, channel mode)
     history_frames: int  # Th, the history frames the context holds
     history: Tensor | None  # channel mode: (B, P, D) embedded history channels, added to each noisy frame
@@ -328,7 +358,7 @@ class MMDiTBlock(nn.Module):
     def context(self, xt, ct, xv, cv, rope, mask):
         """Context tokens attend among themselves. Returns updated (xt, xv) and this block's (k, v).
 
-        xt (B, L, D) text, ct (B, 1, D); xv (B, Nv, D) spatial + history or None, cv (B, G, D);
+        xt (B, L, D) text, ct (B, 1, D); xv (B, Nv, D) spatial + render + history or None, cv (B, G, D);
         rope: cos, sin (Nv, hd); mask (B, 1, Nc, Nc) bool or None.
         """
         mt = self.text.modulation(ct)
@@ -385,7 +415,8 @@ class FinalLayer(nn.Module):
 
 
 class MMDiT(nn.Module):
-    """Predicts the flow velocity of k noisy latent frames from history, text and a memory frame."""
+    """Predicts the flow velocity of k noisy latent frames from history, text, a memory frame and (with
+    ``render_frame``) the 3D cache rendered into the target camera."""
 
     def __init__(self, config: MMDiTConfig):
         super().__init__()
@@ -401,6 +432,8 @@ class MMDiT(nn.Module):
             self.history_embed = nn.Linear(c.history_frames * C * p * p, D)  # history channels of a noisy token
             self.history_t_embed = TimestepEmbedder(D)  # their noise level joins the noisy tokens' modulation
         self.type_embed = nn.Parameter(torch.zeros(4, D))  # rows TEXT, SPATIAL, HISTORY, NOISY
+        if c.render_frame:
+            self.render_type = nn.Parameter(torch.zeros(D))  # the render frame's type embedding
         self.register_buffer("pos_embed", sincos_2d(D, gh, gw), persistent=False)  # (P, D), frozen
         # Time indices -max_frames .. max_frames - 1, counted from the first noisy frame (see module doc).
         cos, sin = rope_table(torch.arange(-c.max_frames, c.max_frames), c.head_dim, c.rope_base)
@@ -421,6 +454,8 @@ class MMDiT(nn.Module):
             nn.init.normal_(e.mlp[0].weight, std=0.02)
             nn.init.normal_(e.mlp[2].weight, std=0.02)
         nn.init.normal_(self.type_embed, std=0.02)
+        if self.config.render_frame:
+            nn.init.normal_(self.render_type, std=0.02)
         adaLNs = [b.text.adaLN for b in self.blocks] + [b.video.adaLN for b in self.blocks] + [self.final.adaLN]
         for adaLN in adaLNs:
             nn.init.zeros_(adaLN[-1].weight)
@@ -452,12 +487,25 @@ class MMDiT(nn.Module):
         return t
 
     def _embed_frames(self, x: Tensor, known: Tensor, kind: int) -> Tensor:
-        """Frames (B, T, C, h, w) and their known mask (B, T, C) -> tokens (B, T * P, D)."""
+        """Frames (B, T, C, h, w) and their known mask (B, T, C) -> tokens (B, T * P, D) of type row ``kind``."""
         B, T, C, h, w = x.shape
-        mask = known.to(x.dtype)[..., None, None].expand(B, T, C, h, w)
-        tokens = self.x_embed(patchify(torch.cat([x, mask], dim=2), self.config.patch_size))  # (B, T * P, D)
-        tokens = tokens.view(B, T, self.patches, -1) + self.pos_embed + self.type_embed[kind]  # (B, T, P, D)
+        return self._embed(x, known.to(x.dtype)[..., None, None].expand(B, T, C, h, w), self.type_embed[kind])
+
+    def _embed(self, x: Tensor, known: Tensor, type_embedding: Tensor) -> Tensor:
+        """Frames (B, T, C, h, w) and the share known of each value (B, T, C, h, w) in [0, 1] -> tokens
+        (B, T * P, D) with the (D,) ``type_embedding``."""
+        B, T = x.shape[:2]
+        tokens = self.x_embed(patchify(torch.cat([x, known], dim=2), self.config.patch_size))  # (B, T * P, D)
+        tokens = tokens.view(B, T, self.patches, -1) + self.pos_embed + type_embedding  # (B, T, P, D)
         return tokens.view(B, T * self.patches, -1)
+
+    def _present(self, name: str, mask: Tensor | None, batch: int, device) -> Tensor:
+        """A presence mask (B,) bool of memory frames or renders; None = all present."""
+        if mask is None:
+            return torch.ones(batch, dtype=torch.bool, device=device)
+        if mask.shape != (batch,):
+            raise ValueError(f"{name} has shape {tuple(mask.shape)}; expected ({batch},)")
+        return mask.bool()
 
     def _rope(self, times: list[int]) -> tuple[Tensor, Tensor]:
         """cos, sin (len(times) * P, hd) for frames at the given time indices (relative to the noisy frame)."""
@@ -473,12 +521,14 @@ class MMDiT(nn.Module):
         Args:
             cond: text (B), history (B, Th, C, h, w) noise-augmented to ``history_t`` (or none; "channel"
                 mode needs exactly ``history_frames``), memory frames (B, S, C, h, w) or none, and
-                ``spatial_mask`` (B,): False = that sample's memory tokens are removed from attention.
+                ``spatial_mask`` (B,): False = that sample's memory tokens are removed from attention;
+                with ``render_frame``, a render (B, 1, C, h, w) with its ``render_cover`` (B, 1, h, w), or
+                none, and ``render_mask`` (B,) likewise.
         Returns:
             the ``Context`` that ``denoise`` attends to.
         """
         (text_tokens, text_mask, text_pooled), history, history_t = cond.text, cond.history, cond.history_t
-        spatial, spatial_mask = cond.spatial, cond.spatial_mask
+        spatial, render, render_cover = cond.spatial, cond.render, cond.render_cover
         c = self.config
         B = text_tokens.shape[0]
         text_ok = text_tokens.ndim == 3 and text_tokens.shape[2] == c.text_dim and text_mask.shape == text_tokens.shape[:2]
@@ -493,15 +543,13 @@ class MMDiT(nn.Module):
         if Th > c.max_frames - 1:
             raise ValueError(f"{Th} history frames leave no room for noisy frames (max_frames {c.max_frames})")
         y = self.pooled_embed(text_pooled)  # (B, D)
-        clean = self.t_embed(torch.zeros(B, device=y.device)) + y  # (B, D) text and memory frames: level 0
+        clean = self.t_embed(torch.zeros(B, device=y.device)) + y  # (B, D) text, memory frames, render: level 0
         xt = self.text_embed(text_tokens) + self.type_embed[TEXT]  # (B, L, D)
         key_mask = [text_mask.bool()]
         video, conds, times = [], [], []  # token blocks (B, n, D), their (B, G, D) conditions, frame time indices
         if spatial is not None:
             S = self._check_frames("spatial", spatial, B)
-            present = spatial_mask.bool() if spatial_mask is not None else spatial.new_ones(B, dtype=torch.bool)
-            if present.shape != (B,):
-                raise ValueError(f"spatial_mask has shape {tuple(present.shape)}; expected ({B},)")
+            present = self._present("spatial_mask", cond.spatial_mask, B, spatial.device)
             # An absent memory frame is masked out of attention; zero it too, so that whatever its rows hold
             # (NaN included) cannot reach the other tokens through a zero attention weight (0 * NaN = NaN).
             spatial = spatial.where(present[:, None, None, None, None], 0)
@@ -510,6 +558,25 @@ class MMDiT(nn.Module):
             conds.append(clean[:, None].expand(B, S, -1))
             times += [-Th - 1] * S
             key_mask.append(present[:, None].expand(B, S * self.patches))
+        if render is not None:
+            if not c.render_frame:
+                raise ValueError("the condition holds a render but this MMDiT has render_frame=False")
+            T = self._check_frames("render", render, B)
+            h, w = c.latent_size
+            if T != 1 or render_cover is None or render_cover.shape != (B, 1, h, w):
+                cover = None if render_cover is None else tuple(render_cover.shape)
+                raise ValueError(
+                    f"a render needs shape ({B}, 1, {c.latent_channels}, {h}, {w}) and render_cover "
+                    f"({B}, 1, {h}, {w}); got {tuple(render.shape)} and {cover}"
+                )
+            present = self._present("render_mask", cond.render_mask, B, render.device)
+            # Absent renders are zeroed as well as masked, as absent memory frames are (see above).
+            render = render.where(present[:, None, None, None, None], 0)
+            cover = render_cover.to(render.dtype).where(present[:, None, None, None], 0)  # (B, 1, h, w)
+            video.append(self._embed(render, cover[:, :, None].expand_as(render), self.render_type))
+            conds.append(clean[:, None])
+            times.append(0)  # the noisy frame's own slot: the render shows the target view
+            key_mask.append(present[:, None].expand(B, self.patches))
         noisy_cond = y  # (B, D) what the noisy tokens' modulation adds to their time embedding
         history_tokens = None
         if Th:
@@ -530,7 +597,7 @@ class MMDiT(nn.Module):
         key_mask = torch.cat(key_mask, dim=1)  # (B, Nc)
         attn_mask = None
         if not key_mask.all():
-            # Every query keeps itself, so a dropped memory frame's (unused) rows stay finite.
+            # Every query keeps itself, so a dropped memory frame's or render's (unused) rows stay finite.
             eye = torch.eye(key_mask.shape[1], dtype=torch.bool, device=key_mask.device)
             attn_mask = (key_mask[:, None, :] | eye)[:, None]  # (B, 1, Nc, Nc)
         ks, vs = [], []

@@ -10,7 +10,9 @@ the codec frozen (``loss``). In the second stage each batch picks a history leng
 1..m and predicts latent frame h from frames 0..h-1 with that chunk's caption, so the model sees every
 cache fill level the rollout meets; with probability ``completion_prob`` the batch is instead
 first-frame completion (M9): frame 0's RGB latent is given and its depth and raymap are generated,
-with the null text and no history.
+with the null text and no history. With the MM-DiT's ``render_frame`` (M18) latent frame h also sees the
+clip's true keyframes 0..h-1 rendered into its keyframe camera with realistic errors, as the rollout's
+3D cache would show them (``clip_render``).
 
 Checkpoints that users load are ``config.json`` + ``model.safetensors``: no pickle is ever executed.
 """
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tensordict import TensorDict
@@ -35,11 +38,14 @@ from world_model.codec import CODEC_PRESETS, Codec, build_codec
 from world_model.flow import FlowConfig, FlowMatching, SamplerConfig
 from world_model.mmdit import Condition, MMDiT
 from world_model.presets import config as dit_config
-from world_model.refine import Refiner, RefinerConfig
+from world_model.refine import Refiner, RefinerConfig, RenderNoise, cache_renders, render_state
+from world_model.splat import Render
+from world_model.state import true_frames
 from world_model.text import SENTENCES
 from world_model.text_encoder import TextEmbedding, TextEncoderConfig, VocabTextEncoder
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+MIN_RENDER_COVER = 0.01  # a render of the 3D cache covering less of its frame is absent (training and rollouts)
 
 
 def safetensors_shapes(file: str | Path) -> dict[str, tuple[int, ...]]:
@@ -59,7 +65,7 @@ class DeepVerseConfig:
     codec: str = "tiny"  # CODEC_PRESETS name ("tiny", "paper", "pixel")
     codec_overrides: dict = field(default_factory=dict)  # e.g. {"use_depth": False} for the no-depth ablation
     dit: str = "tiny"  # world_model.presets name
-    dit_overrides: dict = field(default_factory=dict)  # e.g. {"history_mode": "channel"} (Model 1)
+    dit_overrides: dict = field(default_factory=dict)  # e.g. {"history_mode": "channel"} (Model 1); render_frame (M18)
     text_overrides: dict = field(default_factory=dict)  # TextEncoderConfig fields (dim follows the DiT)
     flow_overrides: dict = field(default_factory=dict)  # FlowConfig fields (training times, dropout)
     sampler: dict = field(default_factory=dict)  # SamplerConfig fields set for this model (steps, guidance): not weights
@@ -225,8 +231,14 @@ class DeepVerse(nn.Module):
 
         Args:
             batch: EpisodeClips items stacked (B,): rgb/depth/raymap (T, *, H, W) with T = 1 + m * tf,
-                caption_ids (m,), and with memory: memory (1, *, H, W), has_memory.
+                caption_ids (m,), and with memory: memory (1, *, H, W), has_memory; with ``render_frame``
+                also pose (T, 4, 4), intrinsics (T, 3, 3) and scale (the clip's true frames are rendered).
+            generator: for the batch kind, the flow's noise and dropout, and the render errors.
+        Returns:
+            the loss and detached scalars to log: ``history`` (h), ``completion`` (1 for a completion batch),
+            and with ``render_frame`` ``render_cover`` (the share of the target the render covers, 0 without one).
         """
+        render_frame = self.dit.config.render_frame
         with torch.no_grad():
             latents = self.standardize(self.encode(batch))  # (B, T', C, h, w)
         B, Tp = latents.shape[:2]
@@ -239,7 +251,8 @@ class DeepVerse(nn.Module):
             known[:, :, self.codec.rgb_slice] = True
             cond = Condition(null, null, self.history(latents[:, :0]))
             out = self.flow.loss(self.dit, latents[:, :1], cond, known=known, generator=generator)
-            return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(0.0), "completion": torch.tensor(1.0)}
+            logs = {"loss": out.loss.detach(), "history": torch.tensor(0.0), "completion": torch.tensor(1.0)}
+            return out.loss, logs | ({"render_cover": torch.tensor(0.0)} if render_frame else {})
         h = 1 + int(draw[1] * min(Tp - 1, self.history_frames))  # history length 1..m
         sentences = [SENTENCES[i] for i in batch["caption_ids"][:, h - 1].tolist()]
         spatial = mask = None
@@ -247,15 +260,56 @@ class DeepVerse(nn.Module):
             with torch.no_grad():
                 spatial = self.encode(batch["memory"])  # (B, 1, C, h, w)
             mask = batch["has_memory"].bool()
-        cond = self.condition(latents[:, :h], sentences, spatial, mask, standardized=True)
+        render = cover = None
+        if render_frame:
+            with torch.no_grad():
+                render, cover = self.clip_render(batch, h, RenderNoise(), generator)
+        cond = self.condition(latents[:, :h], sentences, spatial, mask, render, cover, standardized=True)
         out = self.flow.loss(self.dit, latents[:, h : h + 1], cond, generator=generator)
-        return out.loss, {"loss": out.loss.detach(), "history": torch.tensor(float(h)), "completion": torch.tensor(0.0)}
+        logs = {"loss": out.loss.detach(), "history": torch.tensor(float(h)), "completion": torch.tensor(0.0)}
+        return out.loss, logs | ({"render_cover": cover.mean()} if render_frame else {})
+
+    def clip_render(
+        self, batch: TensorDict, h: int, noise: RenderNoise, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """What a rollout's 3D cache shows when latent frame h of a batch of clips is generated: the true
+        keyframes 0, tf, ..., (h - 1) tf rendered into keyframe h tf's true camera with ``noise``
+        (``refine.cache_renders``), encoded by ``encode_render``.
+
+        Args:
+            batch: EpisodeClips items stacked (B,) (rgb, depth, pose, intrinsics, raymap, scale).
+            h: the latent frame to generate, 1..T'-1.
+        Returns:
+            codec latent (B, 1, C, h, w) and coverage (B, 1, h, w).
+        """
+        tf, scale = self.frames_per_chunk, batch["scale"]
+        keyframes = torch.arange(0, h * tf, tf)  # (h,)
+        render = cache_renders(true_frames(batch), torch.tensor([h * tf]), keyframes, scale, noise, generator)
+        return self.encode_render(render, batch["raymap"][:, h * tf], scale)
+
+    def encode_render(self, render: Render, raymap: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """The MM-DiT's render frame (M18) of a render of the 3D cache: its codec latent and its coverage.
+
+        Args:
+            render: ``splat.Render`` (B, H, W): colours 0..255, depth in metres, mask False in holes.
+            raymap: (B, 6, H, W) the render's camera, normalised in the window.
+            scale: (B,) metres per unit of the window.
+        Returns:
+            latent (B, 1, C, h, w): the codec latent of the render as a one-frame state (``refine.render_state``:
+            colours 0 and depth -1 in holes); cover (B, 1, h, w): the share of each latent pixel's pixels covered.
+        """
+        state = render_state(render.values, render.depth, render.mask, scale)[:, None]  # (B, 1, 4, H, W)
+        states = TensorDict({"rgb": state[:, :, :3], "depth": state[:, :, 3:], "raymap": raymap[:, None]}, [len(scale)])
+        latent = self.encode(states)  # (B, 1, C, h, w)
+        cover = F.avg_pool2d(render.mask[:, None].float(), self.codec.spatial_factor)  # (B, 1, h, w)
+        return latent, cover
 
     # ---- generation ----------------------------------------------------------------------------
 
     def condition(
         self, latents: Tensor, sentences: list[str], spatial: Tensor | None = None,
-        spatial_mask: Tensor | None = None, *, standardized: bool = False,
+        spatial_mask: Tensor | None = None, render: Tensor | None = None, render_cover: Tensor | None = None, *,
+        standardized: bool = False,
     ) -> Condition:
         """The MM-DiT's condition for the next chunk of each world.
 
@@ -264,15 +318,23 @@ class DeepVerse(nn.Module):
             sentences: B action sentences.
             spatial: (B, 1, C, h, w) codec latent of the memory frame in this window, or None (also when the
                 model has no memory); spatial_mask: (B,) bool, found.
-            standardized: ``latents`` are already in the MM-DiT's space (``spatial`` is always a codec latent).
+            render: (B, 1, C, h, w) codec latent of the 3D cache rendered into the new chunk's keyframe camera
+                (``encode_render``; a model with ``render_frame`` only), or None; render_cover: (B, 1, h, w) its
+                coverage. A render covering less than ``MIN_RENDER_COVER`` of its frame is marked absent.
+            standardized: ``latents`` are already in the MM-DiT's space (``spatial`` and ``render`` are always
+                codec latents).
         """
         if len(sentences) != latents.shape[0]:
             raise ValueError(f"got {len(sentences)} sentences for a batch of {latents.shape[0]} worlds")
+        if (render is None) != (render_cover is None):
+            raise ValueError("pass render and render_cover together (or neither)")
         history = self.history(latents if standardized else self.standardize(latents))
         use_memory = self.config.use_memory and spatial is not None
+        present = None if render_cover is None else render_cover.flatten(1).mean(1) >= MIN_RENDER_COVER  # (B,)
         return Condition(
             self.text(sentences), self.text_encoder.null(len(sentences)), history, 0.0,
             self.standardize(spatial) if use_memory else None, spatial_mask if use_memory else None,
+            None if render is None else self.standardize(render), render_cover, present,
         )
 
     def _noise(self, batch: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -287,6 +349,8 @@ class DeepVerse(nn.Module):
         sentences: list[str],
         spatial: Tensor | None = None,
         spatial_mask: Tensor | None = None,
+        render: Tensor | None = None,
+        render_cover: Tensor | None = None,
         *,
         sampler: SamplerConfig | dict | None = None,
         generator: torch.Generator | None = None,
@@ -297,11 +361,13 @@ class DeepVerse(nn.Module):
             history: (B, Th, C, h, w) latents of the current window (the last m are used).
             sentences: B action sentences.
             spatial: (B, 1, C, h, w) memory frame in this window, or None; spatial_mask: (B,) found.
+            render: (B, 1, C, h, w) the 3D cache rendered into the chunk's keyframe camera (``encode_render``,
+                models with ``render_frame``), or None; render_cover: (B, 1, h, w) its coverage.
             sampler: changes to the model's ``sampler`` for this call.
         Returns:
             (B, 1, C, h, w).
         """
-        cond = self.condition(history, sentences, spatial, spatial_mask)
+        cond = self.condition(history, sentences, spatial, spatial_mask, render, render_cover)
         z = self._noise(len(sentences), cond.text.pooled, generator)
         return self.unstandardize(self.flow.sample(self.dit, z, cond, self.sampler.merged(sampler), generator=generator))
 

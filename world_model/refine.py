@@ -108,14 +108,24 @@ def refiner_inputs(
         (N, 9, H, W).
     """
     base = rgb.float() / 127.5 - 1.0 if rgb.dtype == torch.uint8 else rgb.float()
+    decoded = [base.movedim(-1, 1), G.encode_depth(depth, scale)[:, None]]  # (N, 3, H, W), (N, 1, H, W)
+    rendered = render_state(render_rgb, render_depth, render_mask, scale)  # (N, 4, H, W)
+    return torch.cat([*decoded, rendered, render_mask.float()[:, None]], dim=1)
+
+
+def render_state(render_rgb: Tensor, render_depth: Tensor, render_mask: Tensor, scale: Tensor) -> Tensor:
+    """A render in the model's state layout, channels first: what the refiner and the MM-DiT's render frame see.
+
+    Args:
+        render_rgb: (N, H, W, 3) uint8 or float 0..255.  render_depth: (N, H, W) metres (0 in holes).
+        render_mask: (N, H, W) bool.  scale: (N,) the window scale (metres per unit) the depth encodes with.
+    Returns:
+        (N, 4, H, W): rgb in [-1, 1] (0 in holes) | depth (``geometry.encode_depth``, -1 in holes).
+    """
     mask = render_mask.float()
     rendered = (render_rgb.float() / 127.5 - 1.0) * mask[..., None]
     rendered_depth = torch.where(render_mask, G.encode_depth(render_depth.clamp_min(1e-6), scale), -torch.ones_like(mask))
-    return torch.cat(
-        [base.movedim(-1, 1), G.encode_depth(depth, scale)[:, None], rendered.movedim(-1, 1), rendered_depth[:, None],
-         mask[:, None]],
-        dim=1,
-    )
+    return torch.cat([rendered.movedim(-1, 1), rendered_depth[:, None]], dim=1)
 
 
 def perturb_poses(c2w: Tensor, rotation_deg: float, translation: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -18,6 +18,13 @@ raymaps. When the window would exceed ``cache_max`` it slides (Algorithm 1): the
 stored in memory, the last ``keep`` latent frames' decoded frames are re-normalised by the first of them
 (new anchor, new scale from its depth) and re-encoded, and generation continues.
 
+The 3D cache (M18, ``render_cache``: the start frame and the last keyframes as points in the episode frame,
+``world_model.cache``) serves two parts of a model. A refiner refines the decoded colours against the cache
+rendered into every new camera. An MM-DiT with a render frame (``render_frame``) makes each chunk in two
+passes: the first, without a render, predicts the chunk's keyframe camera; the cache is rendered into it,
+normalised into the window like the memory frame, and the second pass, conditioned on that render, makes
+the chunk. Both passes draw from the rollout's generator, so a seed still fixes the frames.
+
 Generated cameras belong to a body that walks on a level floor (``level_camera``: no roll, the start camera's
 height, tilt within ``max_pitch_deg``) with a fixed lens (``fixed_intrinsics``), and each slide pulls the new
 window's metres towards the start frame's (``metric_anchor``, ``_anchor_to_start``); without them a long random
@@ -56,7 +63,7 @@ class RolloutConfig:
     sampler: SamplerConfig | dict | None = None  # changes to the model's sampler (None: the model's own)
     use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    render_cache: bool = True  # refine decoded frames with the 3D cache (when the model has a refiner, M18)
+    render_cache: bool = True  # hold the 3D cache (M18) for a model with a refiner or a render-frame MM-DiT
     cache: CacheConfig = field(default_factory=CacheConfig)
     completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
     dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
@@ -203,7 +210,7 @@ class Rollout:
         self.floor = torch.zeros(self.B, device=self.device)  # (B,) start frame's floor below the camera, 0: none
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
-        grounded = c.render_cache and model.refiner is not None
+        grounded = c.render_cache and (model.refiner is not None or model.dit.config.render_frame)
         self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
 
     def _net(self):
@@ -386,38 +393,69 @@ class Rollout:
         spatial, found = self._spatial()
         chunk = self._blank_frames(self.tf)
         pending = []
+        two_pass = self.cache is not None and self.model.dit.config.render_frame
         for th, idx in self._history_groups():  # worlds whose histories are equally long share one model call
             n = self.length[idx]  # (b,) their window lengths
             frame = (n - th)[:, None] + torch.arange(th, device=self.device)  # (b, th) the last th latents
+            condition = (
+                self.latents[idx[:, None], frame], [sentences[i] for i in idx.tolist()],
+                None if spatial is None else spatial[idx], None if found is None else found[idx],
+            )
             with self._net():
                 new = self.model.next_latent(
-                    self.latents[idx[:, None], frame], [sentences[i] for i in idx.tolist()],
-                    None if spatial is None else spatial[idx], None if found is None else found[idx],
-                    sampler=self.config.sampler, generator=self.generator,
+                    *condition, sampler=self.config.sampler, generator=self.generator
                 ).float()  # (b, 1, C, h, w)
+            if two_pass:  # the first pass's keyframe camera is where the cache is rendered for the second
+                K, _, pose = self._cameras(idx, n, new)
+                render, cover = self._render(idx, K[:, -1], pose[:, -1])
+                with self._net():
+                    new = self.model.next_latent(
+                        *condition, render, cover, sampler=self.config.sampler, generator=self.generator
+                    ).float()
+            with self._net():
                 stream = self.stream.select(idx)  # a copy: the worlds' decoder state changes at commit
                 decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
-            K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
-            if self.config.fixed_intrinsics:
-                # A world's camera never zooms: no action changes the focal length. The raymap's intrinsics
-                # are a prediction that wanders (shipped model, deepverse drift --raw: fx 32-61 px over 300 random
-                # steps, true 41.7), and re-encoded at every slide they compound; the start frame's (given, or
-                # completed from the image) are kept instead, and the pose is the raymap's as before.
-                K = self.frames["intrinsics"][idx, :1].expand_as(K)  # (b, 1 + tf, 3, 3)
-            new_frames = to_frames(
-                decoded["rgb"], decoded["depth"], c2w[:, 1:], K[:, 1:], self.scale[idx], self.anchor[idx]
-            )  # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame
-            if self.config.level_camera:
-                # Every action moves the body on the floor and turns it about the vertical; the head only
-                # tilts. The raymap's poses roll, climb and pitch past the limit (shipped model, 300 random
-                # steps: one camera 172 m up), and re-encoded at every slide the error compounds; the frames
-                # keep the predicted heading, tilt (clamped) and floor position, at the start camera's height.
-                new_frames["pose"] = G.level_pose(new_frames["pose"], 0.0, math.radians(self.config.max_pitch_deg))
-            if self.cache is not None:
+            K, c2w, pose = self._cameras(idx, n, new)
+            # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame, posed as the body
+            new_frames = to_frames(decoded["rgb"], decoded["depth"], c2w, K, self.scale[idx], self.anchor[idx])
+            new_frames["pose"] = pose
+            if self.cache is not None and self.model.refiner is not None:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
             pending.append((idx, n, new, new_frames, stream))
         return chunk, pending
+
+    def _cameras(self, idx: Tensor, n: Tensor, new: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The cameras of the frames (b, tf) of a generated latent ``new`` (b, 1, C, h, w) after windows of lengths
+        ``n`` (b,) of worlds ``idx`` (b,): intrinsics K (b, tf, 3, 3), the raymap's poses c2w (b, tf, 4, 4) in the
+        window, and the poses (b, tf, 4, 4) the body takes, in metres in the episode frame."""
+        K, c2w = self.model.codec.decode_cameras(torch.cat([self.latents[idx, n - 1][:, None], new], dim=1))
+        if self.config.fixed_intrinsics:
+            # A world's camera never zooms: no action changes the focal length. The raymap's intrinsics
+            # are a prediction that wanders (shipped model, deepverse drift --raw: fx 32-61 px over 300 random
+            # steps, true 41.7), and re-encoded at every slide they compound; the start frame's (given, or
+            # completed from the image) are kept instead, and the pose is the raymap's as before.
+            K = self.frames["intrinsics"][idx, :1].expand_as(K)  # (b, 1 + tf, 3, 3)
+        K, c2w = K[:, 1:], c2w[:, 1:]  # the chunk's frames, after the last keyframe
+        pose = self.anchor[idx, None] @ G.unscale_poses(c2w, self.scale[idx, None])  # metres, episode frame
+        if self.config.level_camera:
+            # Every action moves the body on the floor and turns it about the vertical; the head only
+            # tilts. The raymap's poses roll, climb and pitch past the limit (shipped model, 300 random
+            # steps: one camera 172 m up), and re-encoded at every slide the error compounds; the frames
+            # keep the predicted heading, tilt (clamped) and floor position, at the start camera's height.
+            pose = G.level_pose(pose, 0.0, math.radians(self.config.max_pitch_deg))
+        return K, c2w, pose
+
+    def _render(self, idx: Tensor, K: Tensor, pose: Tensor) -> tuple[Tensor, Tensor]:
+        """The 3D cache of worlds ``idx`` (b,) rendered into one camera each, K (b, 3, 3) and pose (b, 4, 4) in
+        metres in the episode frame, as the MM-DiT's render frame: codec latent (b, 1, C, h, w), cover (b, 1, h, w).
+        The render is normalised into each world's current window, as the memory frame is (``_spatial``)."""
+        render = self.cache.render(idx, K[:, None], pose[:, None])  # (b, H, W)
+        window = G.scale_poses(G.relative_pose(self.anchor[idx], pose), self.scale[idx])  # (b, 4, 4) normalize_frames
+        raymap = G.camera_to_raymap(K, window, self.H, self.W)  # (b, 6, H, W)
+        with self._net():
+            latent, cover = self.model.encode_render(render, raymap, self.scale[idx])
+        return latent.float(), cover
 
     def _commit(self, pending: list[tuple]) -> None:
         """Write generated chunks into their worlds: decoder state, windows (sliding the full ones), 3D cache."""

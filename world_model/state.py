@@ -9,7 +9,8 @@ A *state* is what the codec encodes and decodes for one window: ``rgb`` (3, H, W
 (metres per unit, ``geometry.window_scale``).
 
 ``normalize_frames`` (and ``normalize_window``, which takes the window from its first frame) goes one way;
-``to_frames`` goes back. The dataset, the rollout, the Lightning module and the metrics all convert here.
+``to_frames`` (and ``true_frames``, for a batch of clips) goes back. The dataset, the rollout, the Lightning
+module and the metrics all convert here.
 """
 from __future__ import annotations
 
@@ -82,3 +83,9 @@ def to_frames(
     if depth is not None:
         out["depth"] = G.decode_depth(depth[..., 0, :, :].float(), scale[..., None])[..., None]  # (..., T, H, W, 1)
     return TensorDict(out, batch_size=pose.shape[:-2])
+
+
+def true_frames(batch: TensorDict) -> TensorDict:
+    """The frames (B, T) of a batch of clips (``EpisodeClips``: states with ``scale``), the window's first
+    camera as origin."""
+    return to_frames(batch["rgb"], batch["depth"], batch["pose"], batch["intrinsics"], batch["scale"])

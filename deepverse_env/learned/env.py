@@ -106,7 +106,7 @@ class DeepVerseEnv(gym.Env):
     | `text_actions`    | False     | actions are sentences (``Sentences`` Text space)            |
     | `frames_per_step` | None      | the model's chunk (4); another value is an error            |
     | `sampler`         | None      | changes to the checkpoint's ``SamplerConfig`` ({"steps": 2}) |
-    | `render_cache`    | True      | refine frames with the 3D cache (models with a refiner, M18) |
+    | `render_cache`    | True      | 3D cache (M18) for a refiner or a render-frame MM-DiT        |
     | `use_memory`      | True      | ψ memory keyframe as the spatial condition                  |
     | `cache_max`       | 6         | latent frames per window before it slides                   |
     | `memory_capacity` | 256       | memory keyframes per world                                  |
@@ -121,7 +121,7 @@ class DeepVerseEnv(gym.Env):
 
     Memory is bounded and allocated up front (``LearnedWorld.nbytes`` reports it): per world
     ``cache_max`` latent frames, ``1 + (cache_max - 1) * F`` decoded frames, ``memory_capacity``
-    keyframes of (4, H, W) float32 (the bulk: 16 MiB at 64 x 64 and 256), with a refiner the 3D cache
+    keyframes of (4, H, W) float32 (the bulk: 16 MiB at 64 x 64 and 256), the 3D cache if held
     (``world_model.cache``: 5 keyframes x H x W points x 15 bytes, 300 KB at 64 x 64), ``map_points`` x 15
     bytes of point cloud and the last 10,000 camera positions (120 KB). A step's working set comes and goes on
     top: over 1,000 steps of the step-1,600 shipped model (one world, CPU) process RSS between steps

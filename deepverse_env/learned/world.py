@@ -40,7 +40,7 @@ class LearnedEnvConfig:
     frames_per_step: int | None = None  # None = the model's chunk; anything else must equal it
     sampler: SamplerConfig | dict | None = None  # changes to the checkpoint's sampler, e.g. {"steps": 2}
     use_memory: bool = True  # condition each chunk on a ψ-retrieved memory keyframe
-    render_cache: bool = True  # refine frames with the 3D cache when the model has a refiner (False: paper path)
+    render_cache: bool = True  # the 3D cache, for a model with a refiner or a render frame (False: paper path)
     embodied: bool = True  # the body holds the camera: start intrinsics, level at start height, metric anchor
     cache_max: int = 6  # latent frames in a window before it slides (Algorithm 1's CacheMaxSize)
     memory_capacity: int = 256  # keyframes kept per world: the memory pool's bound
@@ -109,7 +109,7 @@ class StateSource:
     width: int
     cache_max: int
     memory_capacity: int
-    render_cache: bool  # whether the 3D cache is held (render_cache and a model with a refiner)
+    render_cache: bool  # whether the 3D cache is held (render_cache and a model with a refiner or a render frame)
     map_points: int
     device: str
 
