@@ -8,12 +8,15 @@
 #
 #   scripts/train_gpu.sh                                    # on a GPU machine, into runs/ and OUT
 #   ACCEL=cpu SCALE_STEPS=0.002 scripts/train_gpu.sh        # a few steps of every stage, to test the script on CPU
+#   OVERLAY=configs/tiny_grounded.yaml scripts/train_gpu.sh # the grounded world (issue 12): channel-norm codec,
+#                                                           # an MM-DiT that sees the 3D cache's render
 #
 # Variables: ACCEL (gpu), PRECISION (32), SCALE_STEPS (1), WORKERS (data loader processes, 8 on gpu),
 # OUT (world_model/pretrained: the exports), RUNS (runs), DATA (data/sim), TRAIN (the deepverse-train
 # command), MAX_SECONDS_<STAGE> (a wall-clock cap on a stage's training: CODEC, WORLD, REFINER, FINETUNE;
 # the stage stops early, checkpoints and exports), STAGES ("codec world refiner finetune": the stages to run;
-# one left out uses the export already in place), INIT_CODEC (continue the codec from this export).
+# one left out uses the export already in place), INIT_CODEC (continue the codec from this export), OVERLAY (a config
+# added to every stage's, after it).
 # Exports are 6-30 MB each (split them to carry them off a machine with a smaller file limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ stage() {  # stage NAME CONFIG(S) RUN EXPORT STEPS BATCH [extra args...]
   local n; n="$(python3 -c "print(max(2, round($steps * $SCALE_STEPS)))")"
   local cap="MAX_SECONDS_${name^^}"
   local args=()
-  for c in $configs; do args+=(--config "$c"); done
+  for c in $configs ${OVERLAY:-}; do args+=(--config "$c"); done
   [ -f "$RUNS/$run/checkpoints/last.ckpt" ] && args+=(--ckpt_path last)  # a second run resumes the stage
   [ -n "${!cap:-}" ] && args+=(--trainer.max_time "$(printf '00:00:%02d:%02d' $(( ${!cap} / 60 )) $(( ${!cap} % 60 )))")
   echo "== $name: $n steps, batch $batch ($(date +%T))"
