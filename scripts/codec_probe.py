@@ -7,7 +7,8 @@ Prints JSON: the chroma of the truth and of the codec's reconstruction decode(en
 0-255 levels), split into each frame's mean colour and the colour within the frame; and how much of the truth the
 RGB latent holds, as the held-out R2 of probes fitted on half the clips and scored on the other half: the keyframes'
 chroma and luminance pooled to the latent grid, from the latent at the same position (linear, and a small MLP for
-the chroma), and from the decoded frames themselves.
+the chroma), and from the decoded frames themselves; and how much each latent channel carries (its KL to the prior,
+and its posterior noise against the spread of its values).
 """
 from __future__ import annotations
 
@@ -64,15 +65,19 @@ def main(argv: list[str] | None = None) -> dict:
     dm = DeepVerseDataModule(args.data, chunks=4, memory=False, batch_size=8)
     dm.setup("test")
     batches = iter(dm.test_dataloader())
-    truth, recon, latent = [], [], []
+    truth, recon, latent, kl, noise = [], [], [], [], []
     with torch.no_grad():
         for _ in range(args.batches):
             batch = next(batches)
-            z = model.encode(batch)  # (B, T', C, h, w)
+            z, logvar = model.codec.encode_posterior(batch["rgb"], batch["depth"], batch["raymap"])  # (B, T', C, h, w)
+            mean = z[:, :, : logvar.shape[2]]  # the learned channels, [rgb | depth]
+            kl.append(0.5 * (mean.square() + logvar.exp() - 1 - logvar))  # (B, T', C_learned, h, w) nats
+            noise.append((0.5 * logvar).exp() / mean.std(dim=(0, 1, 3, 4))[:, None, None])  # posterior std / spread
             truth.append(((batch["rgb"].float() + 1) * 127.5).movedim(2, -1))  # (B, T, H, W, 3) 0-255
             recon.append(decoded_frames(model, z, batch["scale"])["rgb"].float())  # (B, T, H, W, 3) 0-255
             latent.append(z[:, :, model.codec.rgb_slice])
     t, r, z = torch.cat(truth), torch.cat(recon), torch.cat(latent)
+    per_channel = lambda x: [round(float(v), 2) for v in torch.cat(x).mean(dim=(0, 1, 3, 4))]  # noqa: E731
     levels = lambda x: round(255 * float(chroma(x.round().to(torch.uint8)).mean()), 2)  # noqa: E731
     mean_t, mean_r = t.mean(dim=(2, 3), keepdim=True), r.mean(dim=(2, 3), keepdim=True)  # each frame's mean colour
     h = z.shape[-1]
@@ -89,6 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         "chroma_levels": {"truth": levels(t), "reconstruction": levels(r)},
         "frame_mean_colour_chroma_levels": {"truth": levels(mean_t.expand_as(t)), "reconstruction": levels(mean_r.expand_as(r))},
         "within_frame_chroma_levels": {"truth": levels(t - mean_t + 128), "reconstruction": levels(r - mean_r + 128)},
+        # How much each latent channel carries ([rgb | depth]): its KL to the prior in nats per value, and the
+        # posterior's noise against the spread of its means over the clips (~1 = the value is mostly noise).
+        "latent_kl_nats": per_channel(kl),
+        "latent_noise_to_spread": per_channel(noise),
         "probe_r2": {
             "chroma_from_latent_linear": linear_probe(feats, pooled(t, "chroma")),
             "chroma_from_latent_mlp": mlp_probe(feats, pooled(t, "chroma")),
