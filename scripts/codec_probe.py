@@ -7,7 +7,7 @@ Prints JSON: the chroma of the truth and of the codec's reconstruction decode(en
 0-255 levels), split into each frame's mean colour and the colour within the frame; and how much of the truth the
 RGB latent holds, as the held-out R2 of probes fitted on half the clips and scored on the other half: the keyframes'
 chroma and luminance pooled to the latent grid, from the latent at the same position (linear, and a small MLP for
-the chroma), and from the decoded frames themselves; and how much each latent channel carries (its KL to the prior,
+the chroma), and from the decoded frames themselves; a trivial codec beside it (8x8 block means, upsampled); and how much each latent channel carries (its KL to the prior,
 and its posterior noise against the spread of its values).
 """
 from __future__ import annotations
@@ -52,6 +52,17 @@ def mlp_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> list[float]
         return r2(mlp(x[n:]), y[n:])
 
 
+def block_baseline(frames: torch.Tensor, block: int) -> dict:
+    """L1 (in [-1, 1] units) and chroma levels of frames (N, T, H, W, 3) 0-255 rebuilt from their block x block
+    means, upsampled bilinearly; and the same with the colour removed (its luminance alone)."""
+    x = frames.flatten(0, 1).movedim(-1, 1)  # (N T, 3, H, W)
+    up = F.interpolate(F.avg_pool2d(x, block), scale_factor=block, mode="bilinear", align_corners=False)
+    gray = up.mean(1, keepdim=True).expand_as(up)
+    l1 = lambda y: round(float((y - x).abs().mean() / 127.5), 4)  # noqa: E731
+    return {"l1": l1(up), "chroma_levels": round(255 * float(chroma(up.movedim(1, -1).clamp(0, 255).round().to(torch.uint8)).mean()), 2),
+            "gray_l1": l1(gray)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(SHIPPED), help="a save_pretrained directory (default: the shipped model)")
@@ -94,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
         "chroma_levels": {"truth": levels(t), "reconstruction": levels(r)},
         "frame_mean_colour_chroma_levels": {"truth": levels(mean_t.expand_as(t)), "reconstruction": levels(mean_r.expand_as(r))},
         "within_frame_chroma_levels": {"truth": levels(t - mean_t + 128), "reconstruction": levels(r - mean_r + 128)},
+        # A trivial codec beside it: every frame's spatial_factor^2 block means (3 values a block a frame, against the
+        # RGB latent's 8 a block for a whole chunk of 4 frames), upsampled bilinearly; and its luminance alone (gray).
+        "block_mean_baseline": block_baseline(t, model.codec.spatial_factor),
+        "reconstruction_l1": round(float((r - t).abs().mean() / 127.5), 4),
         # How much each latent channel carries ([rgb | depth]): its KL to the prior in nats per value, and the
         # posterior's noise against the spread of its means over the clips (~1 = the value is mostly noise).
         "latent_kl_nats": per_channel(kl),
