@@ -52,6 +52,11 @@ def mlp_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> list[float]
         return r2(mlp(x[n:]), y[n:])
 
 
+def levels(frames: torch.Tensor) -> float:
+    """Mean chroma (``metrics.chroma``) of frames (..., H, W, 3) on the 0-255 scale, in 0-255 levels (as uint8 pictures)."""
+    return round(255 * float(chroma(frames.round().to(torch.uint8)).mean()), 2)
+
+
 def block_baseline(frames: torch.Tensor, block: int) -> dict:
     """L1 (in [-1, 1] units) and chroma levels of frames (N, T, H, W, 3) 0-255 rebuilt from their block x block
     means, upsampled bilinearly; and the same with the colour removed (its luminance alone)."""
@@ -59,7 +64,7 @@ def block_baseline(frames: torch.Tensor, block: int) -> dict:
     up = F.interpolate(F.avg_pool2d(x, block), scale_factor=block, mode="bilinear", align_corners=False)
     gray = up.mean(1, keepdim=True).expand_as(up)
     l1 = lambda y: round(float((y - x).abs().mean() / 127.5), 4)  # noqa: E731
-    return {"l1": l1(up), "chroma_levels": round(255 * float(chroma(up.movedim(1, -1).clamp(0, 255).round().to(torch.uint8)).mean()), 2),
+    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1).clamp(0, 255)),
             "gray_l1": l1(gray)}
 
 
@@ -89,7 +94,6 @@ def main(argv: list[str] | None = None) -> dict:
             latent.append(z[:, :, model.codec.rgb_slice])
     t, r, z = torch.cat(truth), torch.cat(recon), torch.cat(latent)
     per_channel = lambda x: [round(float(v), 2) for v in torch.cat(x).mean(dim=(0, 1, 3, 4))]  # noqa: E731
-    levels = lambda x: round(255 * float(chroma(x.round().to(torch.uint8)).mean()), 2)  # noqa: E731
     mean_t, mean_r = t.mean(dim=(2, 3), keepdim=True), r.mean(dim=(2, 3), keepdim=True)  # each frame's mean colour
     h = z.shape[-1]
     tf = model.codec.temporal_factor
