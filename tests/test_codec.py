@@ -130,9 +130,9 @@ def test_unscale_intrinsics_inverts_scale():
     assert torch.allclose(G.unscale_intrinsics(G.scale_intrinsics(K, 8), 8), K, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm", ["group", "channel"])
-def test_vae_is_causal_in_time(norm):
-    vae = small_vae(norm=norm).eval()
+@pytest.mark.parametrize("norm, linear_path", [("group", False), ("channel", False), ("group", True)])
+def test_vae_is_causal_in_time(norm, linear_path):
+    vae = small_vae(norm=norm, linear_path=linear_path).eval()
     rgb, depth, raymap = inputs(vae, 1, 7, 16, 16)
     changed = rgb.clone()
     changed[:, 3] = -changed[:, 3]  # frame 3 belongs to latent frame 2 (frames 3, 4)
@@ -208,8 +208,45 @@ def test_channel_norm_keeps_a_frames_colour_where_group_norm_removes_it():
     torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(1, 2, 6, 6), atol=1e-3, rtol=0)
 
 
-def test_gradients_reach_every_vae_parameter():
-    vae = small_vae()
+def test_block_mean_path_is_a_causal_block_mean_codec():
+    """With identity weights the linear path's decode(encode(video)) is each frame's block means, upsampled
+    bilinearly: frame 0 from latent frame 0 alone, every later frame from its own chunk's latent frame."""
+    from world_model.codec import BlockMeanDecoder, BlockMeanEncoder
+
+    config = CausalVAEConfig(**{**SMALL.__dict__, "linear_path": True})  # 4x spatial, 2 frames a chunk
+    encoder, decoder = BlockMeanEncoder(config, 3, 2 * 3), BlockMeanDecoder(config, 3, 2 * 3)
+    with torch.no_grad():
+        for conv in (encoder.conv, decoder.conv):
+            conv.weight.copy_(torch.eye(6)[:, :, None, None])
+            conv.bias.zero_()
+        video = torch.randn(2, 5, 3, 8, 12)  # (B, T, C, H, W)
+        z = encoder(video)
+        out = decoder(z, first=True)
+        later = decoder(z[:, 1:], first=False)
+    assert z.shape == (2, 3, 6, 2, 3) and out.shape == video.shape
+    expected = F.interpolate(F.avg_pool2d(video.flatten(0, 1), 4), scale_factor=4, mode="bilinear")
+    torch.testing.assert_close(out, expected.unflatten(0, (2, 5)))
+    torch.testing.assert_close(later, out[:, 1:])
+
+
+def test_linear_path_is_added_to_the_networks_in_encoder_and_decoder():
+    """With the networks' last convolutions zeroed, the VAE is exactly its linear paths (posterior mean and decode)."""
+    vae = small_vae(linear_path=True).eval()
+    for part in [*vae.encoders.values(), *vae.decoders.values()]:
+        torch.nn.init.zeros_(part.layers[-1].conv.weight), torch.nn.init.zeros_(part.layers[-1].conv.bias)
+    rgb, depth, raymap = inputs(vae, 2, 5, 16, 16, seed=2)
+    with torch.no_grad():
+        latent = vae.encode(rgb, depth, raymap)
+        out = vae.decode(latent)
+        torch.testing.assert_close(latent[:, :, vae.rgb_slice], vae.encoders["rgb"].linear(rgb))
+        torch.testing.assert_close(latent[:, :, vae.depth_slice], vae.encoders["depth"].linear(depth))
+        torch.testing.assert_close(out["rgb"], vae.decoders["rgb"].linear(latent[:, :, vae.rgb_slice], True))
+        torch.testing.assert_close(out["depth"], vae.decoders["depth"].linear(latent[:, :, vae.depth_slice], True))
+
+
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_gradients_reach_every_vae_parameter(linear_path):
+    vae = small_vae(linear_path=linear_path)
     loss, _ = vae.loss(*inputs(vae, 1, 3, 16, 16))
     loss.backward()
     missing = [n for n, p in vae.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -265,6 +302,8 @@ def test_bad_inputs_are_named():
         build_codec("huge")
     with pytest.raises(ValueError, match="norm 'batch'"):
         CausalVAEConfig(norm="batch")
+    with pytest.raises(ValueError, match="linear_path must be true or false, got 'yes'"):
+        CausalVAEConfig(linear_path="yes")
 
 
 def test_build_codec_dispatches_on_config():
@@ -274,7 +313,7 @@ def test_build_codec_dispatches_on_config():
     assert math.isclose(vae.config.kl_weight, SMALL.kl_weight)
 
 
-@pytest.mark.parametrize("name", ["vae", "vae_channel_norm", "pixel"])
+@pytest.mark.parametrize("name", ["vae", "vae_channel_norm", "vae_linear_path", "pixel"])
 def test_streamed_decode_equals_whole_decode(name):
     """Decoding latent frames one call at a time (DecoderStream) gives the frames of one whole decode."""
     from world_model.codec import DecoderStream
@@ -282,7 +321,8 @@ def test_streamed_decode_equals_whole_decode(name):
     torch.manual_seed(0)
     codec = build_codec(
         CausalVAEConfig(spatial_factor=4, temporal_factor=2, width=8, channel_mult=(1, 2, 2),
-                        norm="channel" if name == "vae_channel_norm" else "group")
+                        norm="channel" if name == "vae_channel_norm" else "group",
+                        linear_path=name == "vae_linear_path")
         if name.startswith("vae") else PixelCodecConfig(spatial_factor=4, temporal_factor=2)
     ).eval()
     latent = torch.randn(2, 4, codec.latent_channels, 3, 2)  # (B, T', C, h, w)

@@ -370,16 +370,65 @@ class CausalVAEConfig:
                                 # L1 lets the tiny codec drop first (scripts/codec_probe.py)
     norm: str = "group"  # "group": FrameGroupNorm (the shipped codec); "channel": ChannelNorm, which keeps each frame's
                          # colour and contrast (MODEL_CARD.md, "Where the colour went")
+    linear_path: bool = False  # add a linear codec of each frame's block means beside the networks (``BlockMeanEncoder``):
+                               # the colour and coarse layout a block-mean codec keeps, which the networks alone fail to
+                               # learn (MODEL_CARD.md, "Why the codec is gray")
 
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"unknown codec norm {self.norm!r}; expected one of {sorted(NORMS)}")
+        if not isinstance(self.linear_path, bool):
+            raise ValueError(f"CausalVAEConfig.linear_path must be true or false, got {self.linear_path!r}")
+
+
+class BlockMeanEncoder(nn.Module):
+    """The encoder half of a linear codec of each frame's ``spatial_factor``-pixel block means, in the causal layout.
+
+    The block means of a latent frame's frames (frame 0 alone, repeated to fill a chunk, as in ``PixelCodec``),
+    stacked in channels, through a 1x1 convolution to the latent channels; ``BlockMeanDecoder`` maps each latent
+    frame back to its chunk's block means, upsampled bilinearly. Each latent frame holds its own chunk only, so the
+    pair is causal and streams frame by frame. With ``CausalVAEConfig.linear_path`` the encoder adds this code to
+    its posterior mean and the decoder adds its decode to the output: the trivial solution a block-mean codec
+    finds is there from step 0, and the networks learn the residual.
+    """
+
+    def __init__(self, config: CausalVAEConfig, channels: int, latent_channels: int):
+        super().__init__()
+        self.spatial_factor, self.temporal_factor = config.spatial_factor, config.temporal_factor
+        self.conv = nn.Conv2d(self.temporal_factor * channels, latent_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T', C_latent, h, w)."""
+        B, T, C, H, W = x.shape
+        tf, s = self.temporal_factor, self.spatial_factor
+        means = F.avg_pool2d(x.flatten(0, 1), s).unflatten(0, (B, T))  # (B, T, C, h, w)
+        means = torch.cat([means[:, :1].expand(-1, tf - 1, -1, -1, -1), means], dim=1)  # (B, tf * T', C, h, w)
+        stacked = means.reshape(-1, tf * C, H // s, W // s)  # (B * T', tf * C, h, w)
+        return self.conv(stacked).unflatten(0, (B, -1))  # (B, T', C_latent, h, w)
+
+
+class BlockMeanDecoder(nn.Module):
+    """The decoder half of ``BlockMeanEncoder``'s linear codec."""
+
+    def __init__(self, config: CausalVAEConfig, channels: int, latent_channels: int):
+        super().__init__()
+        self.spatial_factor, self.temporal_factor, self.channels = config.spatial_factor, config.temporal_factor, channels
+        self.conv = nn.Conv2d(latent_channels, self.temporal_factor * channels, 1)
+
+    def forward(self, z: Tensor, first: bool) -> Tensor:
+        """(B, t, C_latent, h, w) -> (B, F, C, H, W); ``first``: z starts at latent frame 0, which makes one frame."""
+        B, t, _, h, w = z.shape
+        means = self.conv(z.flatten(0, 1)).reshape(B * t * self.temporal_factor, self.channels, h, w)
+        up = F.interpolate(means, scale_factor=self.spatial_factor, mode="bilinear", align_corners=False)
+        up = up.unflatten(0, (B, t * self.temporal_factor))  # (B, t * tf, C, H, W)
+        return up[:, self.temporal_factor - 1 :] if first else up
 
 
 class _Encoder(nn.Module):
     """(B, T, C_in, H, W) -> posterior mean and log-variance, each (B, T', C_latent, h, w).
 
     Temporal halvings happen in the first (highest-resolution) levels, where they save the most compute.
+    With ``linear_path`` a ``BlockMeanEncoder``'s code is added to the mean.
     """
 
     def __init__(self, config: CausalVAEConfig, in_channels: int, latent_channels: int):
@@ -397,15 +446,18 @@ class _Encoder(nn.Module):
                 layers.append(Downsample(c, time=level < time_levels))
         layers += [norm(c), nn.SiLU(), CausalConv3d(c, 2 * latent_channels)]
         self.layers = nn.Sequential(*layers)
+        self.linear = BlockMeanEncoder(config, in_channels, latent_channels) if config.linear_path else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.layers(x.transpose(1, 2))  # (B, 2 C_latent, T', h, w)
         mean, logvar = h.transpose(1, 2).chunk(2, dim=2)  # (B, T', C_latent, h, w) each
+        if self.linear is not None:
+            mean = mean + self.linear(x)
         return mean, logvar.clamp(-30.0, 20.0)
 
 
 class _Decoder(nn.Module):
-    """(B, T', C_latent, h, w) -> (B, T, C_out, H, W), mirroring ``_Encoder``."""
+    """(B, T', C_latent, h, w) -> (B, T, C_out, H, W), mirroring ``_Encoder`` (with ``linear_path``, plus a ``BlockMeanDecoder``)."""
 
     def __init__(self, config: CausalVAEConfig, latent_channels: int, out_channels: int):
         super().__init__()
@@ -422,12 +474,15 @@ class _Decoder(nn.Module):
                 layers.append(Upsample(c, time=level - 1 < time_levels))
         layers += [norm(c), nn.SiLU(), CausalConv3d(c, out_channels)]
         self.layers = nn.Sequential(*layers)
+        self.linear = BlockMeanDecoder(config, out_channels, latent_channels) if config.linear_path else None
 
     def forward(self, z: Tensor, stream: DecoderStream | None = None) -> Tensor:
+        first = stream is None or not stream.started
         x = z.transpose(1, 2)  # (B, C_latent, T', h, w)
         for layer in self.layers:
             x = layer(x, stream) if isinstance(layer, (CausalConv3d, ResBlock, Upsample)) else layer(x)
-        return x.transpose(1, 2)  # (B, T, C_out, H, W)
+        x = x.transpose(1, 2)  # (B, T, C_out, H, W)
+        return x if self.linear is None else x + self.linear(z, first)
 
 
 class CausalVAE(Codec):
