@@ -53,8 +53,9 @@ def mlp_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> list[float]
 
 
 def levels(frames: torch.Tensor) -> float:
-    """Mean chroma (``metrics.chroma``) of frames (..., H, W, 3) on the 0-255 scale, in 0-255 levels (as uint8 pictures)."""
-    return round(255 * float(chroma(frames.round().to(torch.uint8)).mean()), 2)
+    """Mean chroma (``metrics.chroma``) of frames (..., H, W, 3) on the 0-255 scale, in 0-255 levels (as uint8 pictures,
+    clamped to 0-255 first: a uint8 cast alone wraps)."""
+    return round(255 * float(chroma(frames.clamp(0, 255).round().to(torch.uint8)).mean()), 2)
 
 
 def block_baseline(frames: torch.Tensor, block: int) -> dict:
@@ -64,7 +65,7 @@ def block_baseline(frames: torch.Tensor, block: int) -> dict:
     up = F.interpolate(F.avg_pool2d(x, block), scale_factor=block, mode="bilinear", align_corners=False)
     gray = up.mean(1, keepdim=True).expand_as(up)
     l1 = lambda y: round(float((y - x).abs().mean() / 127.5), 4)  # noqa: E731
-    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1).clamp(0, 255)),
+    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1)),
             "gray_l1": l1(gray)}
 
 
