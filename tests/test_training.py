@@ -214,6 +214,18 @@ def test_codec_weights_files_and_mismatches(tmp_path):
         WorldModelModule(model=tiny_config(), codec_weights=str(tmp_path / "nowhere"))
 
 
+def test_codec_weights_of_another_norm_are_refused(tmp_path):
+    """LayerNorm and GroupNorm weights share names and shapes: the export's config.json tells them apart."""
+    channel = DeepVerse(tiny_config(codec_overrides={"norm": "channel"}))
+    channel.save_pretrained(tmp_path / "channel")
+    group = DeepVerse(tiny_config())
+    before = {k: v.clone() for k, v in group.codec.state_dict().items()}
+    with pytest.raises(ValueError, match="norm 'channel' there, 'group' here"):
+        load_codec_weights(group.codec, tmp_path / "channel")
+    assert all(torch.equal(v, group.codec.state_dict()[k]) for k, v in before.items())  # nothing loaded
+    load_codec_weights(DeepVerse(tiny_config(codec_overrides={"norm": "channel"})).codec, tmp_path / "channel")
+
+
 # --------------------------------------------------------------------------------------------------
 # Resume, schedule
 # --------------------------------------------------------------------------------------------------

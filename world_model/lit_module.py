@@ -18,6 +18,7 @@ translation error in metres. Noise is seeded per batch (``eval_seed``), so epoch
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from abc import ABC, abstractmethod
 from functools import partial
@@ -34,10 +35,10 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from world_model import metrics as M
-from world_model.codec import Codec
+from world_model.codec import CODEC_PRESETS, Codec
 from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
-from world_model.model import WEIGHTS_FILE, DeepVerse, DeepVerseConfig
+from world_model.model import CONFIG_FILE, WEIGHTS_FILE, DeepVerse, DeepVerseConfig
 from world_model.refine import RenderNoise, cache_renders, refiner_inputs
 from world_model.state import to_frames, to_rgb8, true_frames
 from world_model.text import SENTENCES
@@ -62,10 +63,13 @@ def load_codec_weights(codec: Codec, path: str | Path) -> None:
             or of a codec alone. A codec with depth may be loaded into one without (the no-depth ablation
             reuses the RGB half); anything else must match exactly.
     Raises:
-        ValueError naming the file when the weights do not fit.
+        ValueError naming the file when the weights do not fit, or when a directory's ``config.json`` describes
+        a codec of another architecture (a norm or linear path differs: same parameter names and shapes).
     """
     path = Path(path)
     file = path / WEIGHTS_FILE if path.is_dir() else path
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        _check_codec_architecture(codec, path / CONFIG_FILE)
     try:
         state = load_file(str(file))
     except Exception as e:  # safetensors raises its own error types for missing or foreign files
@@ -83,6 +87,25 @@ def load_codec_weights(codec: Codec, path: str | Path) -> None:
             f"(of {len(missing)}, {len(unexpected)}, {len(wrong)})"
         )
     codec.load_state_dict({k: state[k] for k in own})
+
+
+ARCHITECTURE_ONLY = ("norm", "linear_path")  # codec fields the weights' names and shapes do not tell apart
+
+
+def _check_codec_architecture(codec: Codec, config_file: Path) -> None:
+    saved = DeepVerseConfig.from_dict(json.loads(config_file.read_text()))
+    theirs = dataclasses.replace(CODEC_PRESETS[saved.codec], **saved.codec_overrides)
+    ours = getattr(codec, "config", None)
+    if type(theirs) is not type(ours):
+        return  # a different codec class: the state-dict comparison names the mismatch
+    differ = {f: (getattr(theirs, f), getattr(ours, f)) for f in ARCHITECTURE_ONLY
+              if hasattr(ours, f) and getattr(theirs, f) != getattr(ours, f)}
+    if differ:
+        detail = ", ".join(f"{f} {a!r} there, {b!r} here" for f, (a, b) in differ.items())
+        raise ValueError(
+            f"codec_weights {config_file.parent} were trained as another codec ({detail}): "
+            f"set model.codec_overrides to match"
+        )
 
 
 def check_init_weights(path: str | None) -> None:
