@@ -8,7 +8,7 @@
 #
 #   scripts/train_gpu.sh                                    # on a GPU machine, into runs/ and OUT
 #   ACCEL=cpu SCALE_STEPS=0.002 scripts/train_gpu.sh        # a few steps of every stage, to test the script on CPU
-#   OVERLAY=configs/tiny_grounded.yaml scripts/train_gpu.sh # the grounded world (issue 12): channel-norm codec,
+#   OVERLAY=configs/tiny_grounded.yaml scripts/train_gpu.sh # the grounded world (issue 12): linear-path codec,
 #                                                           # an MM-DiT that sees the 3D cache's render
 #
 # Variables: ACCEL (gpu), PRECISION (32), SCALE_STEPS (1), WORKERS (data loader processes, 8 on gpu),
