@@ -7,7 +7,8 @@ Prints JSON: the chroma of the truth and of the codec's reconstruction decode(en
 0-255 levels), split into each frame's mean colour and the colour within the frame; and how much of the truth the
 RGB latent holds, as the held-out R2 of probes fitted on half the clips and scored on the other half: the keyframes'
 chroma and luminance pooled to the latent grid, from the latent at the same position (linear, and a small MLP for
-the chroma), and from the decoded frames themselves; a trivial codec beside it (8x8 block means, upsampled); and how much each latent channel carries (its KL to the prior,
+the chroma), and from the decoded frames themselves; a trivial codec beside it (8x8 block means, upsampled; both scored
+by L1, PSNR, SSIM and sharpness ratio); and how much each latent channel carries (its KL to the prior,
 and its posterior noise against the spread of its values).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from world_model.datamodule import DeepVerseDataModule
 from world_model.lit_module import decoded_frames
-from world_model.metrics import chroma
+from world_model.metrics import chroma, psnr, sharpness_ratio, ssim
 from world_model.model import SHIPPED, DeepVerse
 
 
@@ -58,6 +59,12 @@ def levels(frames: torch.Tensor) -> float:
     return round(255 * float(chroma(frames.clamp(0, 255).round().to(torch.uint8)).mean()), 2)
 
 
+def image_scores(pred: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Mean PSNR (dB), SSIM and sharpness ratio of frames (..., H, W, 3) on the 0-255 scale against the truth."""
+    p, t = pred.clamp(0, 255).round() / 255, truth / 255
+    return {name: round(float(f(p, t).mean()), 3) for name, f in (("psnr", psnr), ("ssim", ssim), ("sharpness", sharpness_ratio))}
+
+
 def block_baseline(frames: torch.Tensor, block: int) -> dict:
     """L1 (in [-1, 1] units) and chroma levels of frames (N, T, H, W, 3) 0-255 rebuilt from their block x block
     means, upsampled bilinearly; and the same with the colour removed (its luminance alone)."""
@@ -65,7 +72,7 @@ def block_baseline(frames: torch.Tensor, block: int) -> dict:
     up = F.interpolate(F.avg_pool2d(x, block), scale_factor=block, mode="bilinear", align_corners=False)
     gray = up.mean(1, keepdim=True).expand_as(up)
     l1 = lambda y: round(float((y - x).abs().mean() / 127.5), 4)  # noqa: E731
-    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1)),
+    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1)), **image_scores(up.movedim(1, -1).unflatten(0, frames.shape[:2]), frames),
             "gray_l1": l1(gray)}
 
 
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         # RGB latent's 8 a block for a whole chunk of 4 frames), upsampled bilinearly; and its luminance alone (gray).
         "block_mean_baseline": block_baseline(t, model.codec.spatial_factor),
         "reconstruction_l1": round(float((r - t).abs().mean() / 127.5), 4),
+        "reconstruction": image_scores(r, t),
         # How much each latent channel carries ([rgb | depth]): its KL to the prior in nats per value, and the
         # posterior's noise against the spread of its means over the clips (~1 = the value is mostly noise).
         "latent_kl_nats": per_channel(kl),
