@@ -414,6 +414,11 @@ def test_configs_resolve_and_override_only_what_differs(capsys, monkeypatch):
     assert paper["trainer"]["precision"] == "bf16-mixed" and paper["model"]["init_args"]["model"]["dit"] == "paper"
     assert paper["data"]["chunks"] == 7 and paper["data"]["frames_per_step"] == 8
     assert resolved(capsys, monkeypatch, "paper_codec.yaml")["model"]["class_path"].endswith("CodecModule")
+    linear = {"linear_path": True, "rgb_latent_channels": 16}
+    codec16 = resolved(capsys, monkeypatch, "tiny_codec.yaml", "codec_linear16.yaml")
+    assert codec16["model"]["init_args"]["model"]["codec_overrides"] == linear
+    grounded = resolved(capsys, monkeypatch, "tiny.yaml", "tiny_grounded.yaml")["model"]["init_args"]["model"]
+    assert grounded["codec_overrides"] == linear and grounded["dit_overrides"] == {"render_frame": True}
     fsdp = resolved(capsys, monkeypatch, "paper.yaml", "fsdp_gpu.yaml")
     assert fsdp["trainer"]["strategy"]["class_path"].endswith("FSDPStrategy")
     assert fsdp["model"]["init_args"]["ema_decay"] is None and fsdp["model"]["init_args"]["model"]["dit"] == "paper"
