@@ -312,7 +312,7 @@ def add_demo(subparsers) -> None:
         description="Load the world model, start it from a simulator frame (or --image), drive it with an action "
         "script (default: a tour out and back) and the simulator with the same actions, and write into --out a video "
         "of predicted RGB | depth | map above the ground truth (episode.mp4, or .gif without ffmpeg), the predicted "
-        "point cloud (world.ply) and per-step PSNR, depth AbsRel and pose error beside copy-last-frame (metrics.json).",
+        "point cloud (world.ply) and per-step PSNR, sharpness, depth AbsRel and pose error beside copy-last-frame (metrics.json).",
     )
     p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--image", type=Path, help="start from this picture (first-frame completion; no ground truth)")

@@ -10,7 +10,7 @@ The learned world (``DeepVerse-v0``) and the simulator (``DeepVerseSim-v0``) sta
 - ``episode.mp4`` (``.gif`` without ffmpeg): per step, top row the learned world (predicted RGB |
   depth | top-down map of its predicted point cloud and path), bottom row the simulator's truth;
 - ``world.ply``: the predicted point cloud of the episode (binary PLY with colours, metres, OpenCV axes);
-- ``metrics.json``: per step (the mean over the chunk's frames) PSNR, SSIM, depth AbsRel and δ<1.25,
+- ``metrics.json``: per step (the mean over the chunk's frames) PSNR, SSIM, sharpness ratio, depth AbsRel and δ<1.25,
   camera rotation and translation error against the simulator, beside the copy-last-frame baseline
   (the start frame held still: all the model ever saw of the truth).
 
