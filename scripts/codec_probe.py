@@ -72,8 +72,8 @@ def block_baseline(frames: torch.Tensor, block: int) -> dict:
     up = F.interpolate(F.avg_pool2d(x, block), scale_factor=block, mode="bilinear", align_corners=False)
     gray = up.mean(1, keepdim=True).expand_as(up)
     l1 = lambda y: round(float((y - x).abs().mean() / 127.5), 4)  # noqa: E731
-    return {"l1": l1(up), "chroma_levels": levels(up.movedim(1, -1)), **image_scores(up.movedim(1, -1).unflatten(0, frames.shape[:2]), frames),
-            "gray_l1": l1(gray)}
+    rebuilt = up.movedim(1, -1).unflatten(0, frames.shape[:2])  # (N, T, H, W, 3)
+    return {"l1": l1(up), "chroma_levels": levels(rebuilt), **image_scores(rebuilt, frames), "gray_l1": l1(gray)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -381,6 +381,22 @@ class CausalVAEConfig:
             raise ValueError(f"CausalVAEConfig.linear_path must be true or false, got {self.linear_path!r}")
 
 
+def stack_chunks(x: Tensor, temporal_factor: int) -> Tensor:
+    """The causal time layout in channels: (B, T, C, h, w) -> (B, T', tf * C, h, w), latent frame 0 holding frame 0
+    repeated tf times and latent frame i its chunk's tf frames in order (T = 1 + (T' - 1) * tf)."""
+    B, T, C, h, w = x.shape
+    x = torch.cat([x[:, :1].expand(B, temporal_factor - 1, C, h, w), x], dim=1)  # (B, tf * T', C, h, w)
+    return x.reshape(B, -1, temporal_factor * C, h, w)
+
+
+def unstack_chunks(z: Tensor, temporal_factor: int, first: bool) -> Tensor:
+    """Inverse of ``stack_chunks``: (B, t, tf * C, h, w) -> (B, F, C, h, w); ``first``: z starts at latent frame 0,
+    whose tf copies of frame 0 give one frame (F = 1 + (t - 1) * tf, else t * tf)."""
+    B, t, C, h, w = z.shape
+    x = z.reshape(B, t * temporal_factor, C // temporal_factor, h, w)
+    return x[:, temporal_factor - 1 :] if first else x
+
+
 class BlockMeanEncoder(nn.Module):
     """The encoder half of a linear codec of each frame's ``spatial_factor``-pixel block means, in the causal layout.
 
@@ -399,12 +415,9 @@ class BlockMeanEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T', C_latent, h, w)."""
-        B, T, C, H, W = x.shape
-        tf, s = self.temporal_factor, self.spatial_factor
-        means = F.avg_pool2d(x.flatten(0, 1), s).unflatten(0, (B, T))  # (B, T, C, h, w)
-        means = torch.cat([means[:, :1].expand(-1, tf - 1, -1, -1, -1), means], dim=1)  # (B, tf * T', C, h, w)
-        stacked = means.reshape(-1, tf * C, H // s, W // s)  # (B * T', tf * C, h, w)
-        return self.conv(stacked).unflatten(0, (B, -1))  # (B, T', C_latent, h, w)
+        means = F.avg_pool2d(x.flatten(0, 1), self.spatial_factor).unflatten(0, x.shape[:2])  # (B, T, C, h, w)
+        stacked = stack_chunks(means, self.temporal_factor)  # (B, T', tf * C, h, w)
+        return self.conv(stacked.flatten(0, 1)).unflatten(0, stacked.shape[:2])  # (B, T', C_latent, h, w)
 
 
 class BlockMeanDecoder(nn.Module):
@@ -412,16 +425,15 @@ class BlockMeanDecoder(nn.Module):
 
     def __init__(self, config: CausalVAEConfig, channels: int, latent_channels: int):
         super().__init__()
-        self.spatial_factor, self.temporal_factor, self.channels = config.spatial_factor, config.temporal_factor, channels
+        self.spatial_factor, self.temporal_factor = config.spatial_factor, config.temporal_factor
         self.conv = nn.Conv2d(latent_channels, self.temporal_factor * channels, 1)
 
     def forward(self, z: Tensor, first: bool) -> Tensor:
         """(B, t, C_latent, h, w) -> (B, F, C, H, W); ``first``: z starts at latent frame 0, which makes one frame."""
-        B, t, _, h, w = z.shape
-        means = self.conv(z.flatten(0, 1)).reshape(B * t * self.temporal_factor, self.channels, h, w)
-        up = F.interpolate(means, scale_factor=self.spatial_factor, mode="bilinear", align_corners=False)
-        up = up.unflatten(0, (B, t * self.temporal_factor))  # (B, t * tf, C, H, W)
-        return up[:, self.temporal_factor - 1 :] if first else up
+        stacked = self.conv(z.flatten(0, 1)).unflatten(0, z.shape[:2])  # (B, t, tf * C, h, w)
+        means = unstack_chunks(stacked, self.temporal_factor, first)  # (B, F, C, h, w)
+        up = F.interpolate(means.flatten(0, 1), scale_factor=self.spatial_factor, mode="bilinear", align_corners=False)
+        return up.unflatten(0, means.shape[:2])  # (B, F, C, H, W)
 
 
 class _Encoder(nn.Module):
@@ -594,24 +606,19 @@ class PixelCodec(Codec):
         return torch.cat(parts, dim=2)  # (B, T', C_learned, h, w)
 
     def _decode_pixels(self, pixels: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
-        first = 0 if stream.started else self.temporal_factor - 1  # frame 0 was stored tf times
-        out = {"rgb": self._unpack(pixels[:, :, self.rgb_slice], 3)[:, first:]}
+        first = not stream.started  # frame 0 was stored tf times
+        out = {"rgb": self._unpack(pixels[:, :, self.rgb_slice], first)}
         if self.use_depth:
-            out["depth"] = self._unpack(pixels[:, :, self.depth_slice], 1)[:, first:]
+            out["depth"] = self._unpack(pixels[:, :, self.depth_slice], first)
         return out
 
     def _pack(self, x: Tensor) -> Tensor:
-        B, T, C, H, W = x.shape
-        tf, s = self.temporal_factor, self.spatial_factor
-        x = torch.cat([x[:, :1].expand(B, tf - 1, C, H, W), x], dim=1)  # (B, tf * T', C, H, W)
-        x = F.pixel_unshuffle(x, s)  # (B, tf * T', C * s * s, h, w)
-        return x.reshape(B, -1, tf * C * s * s, H // s, W // s)  # (B, T', tf * C * s * s, h, w)
+        x = F.pixel_unshuffle(x.flatten(0, 1), self.spatial_factor).unflatten(0, x.shape[:2])  # (B, T, C * s * s, h, w)
+        return stack_chunks(x, self.temporal_factor)  # (B, T', tf * C * s * s, h, w)
 
-    def _unpack(self, z: Tensor, channels: int) -> Tensor:
-        B, Tl, _, h, w = z.shape
-        tf, s = self.temporal_factor, self.spatial_factor
-        x = z.reshape(B, Tl * tf, channels * s * s, h, w)  # (B, tf * T', C * s * s, h, w)
-        return F.pixel_shuffle(x, s)  # (B, tf * T', C, H, W)
+    def _unpack(self, z: Tensor, first: bool) -> Tensor:
+        x = unstack_chunks(z, self.temporal_factor, first)  # (B, F, C * s * s, h, w)
+        return F.pixel_shuffle(x.flatten(0, 1), self.spatial_factor).unflatten(0, x.shape[:2])  # (B, F, C, H, W)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from world_model import metrics as M
-from world_model.codec import CODEC_PRESETS, Codec
+from world_model.codec import Codec
 from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import CONFIG_FILE, WEIGHTS_FILE, DeepVerse, DeepVerseConfig
@@ -93,8 +93,7 @@ ARCHITECTURE_ONLY = ("norm", "linear_path")  # codec fields the weights' names a
 
 
 def _check_codec_architecture(codec: Codec, config_file: Path) -> None:
-    saved = DeepVerseConfig.from_dict(json.loads(config_file.read_text()))
-    theirs = dataclasses.replace(CODEC_PRESETS[saved.codec], **saved.codec_overrides)
+    theirs = DeepVerseConfig.from_dict(json.loads(config_file.read_text())).codec_config()
     ours = getattr(codec, "config", None)
     if type(theirs) is not type(ours):
         return  # a different codec class: the state-dict comparison names the mismatch

@@ -34,7 +34,7 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 
 from world_model import geometry as G
-from world_model.codec import CODEC_PRESETS, Codec, build_codec
+from world_model.codec import CODEC_PRESETS, CausalVAEConfig, Codec, PixelCodecConfig, build_codec
 from world_model.flow import FlowConfig, FlowMatching, SamplerConfig
 from world_model.mmdit import Condition, MMDiT
 from world_model.presets import config as dit_config
@@ -97,6 +97,10 @@ class DeepVerseConfig:
                 if key not in known:
                     raise ValueError(f"unknown {cls.__name__} field {key!r} in {name}; expected one of {sorted(known)}")
 
+    def codec_config(self) -> CausalVAEConfig | PixelCodecConfig:
+        """The codec's config: the ``codec`` preset with ``codec_overrides`` applied."""
+        return dataclasses.replace(CODEC_PRESETS[self.codec], **self.codec_overrides)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -129,8 +133,7 @@ class DeepVerse(nn.Module):
     def __init__(self, config: DeepVerseConfig | None = None):
         super().__init__()
         self.config = config = config or DeepVerseConfig()
-        codec_cfg = dataclasses.replace(CODEC_PRESETS[config.codec], **config.codec_overrides)
-        self.codec: Codec = build_codec(codec_cfg)
+        self.codec: Codec = build_codec(config.codec_config())
         h, w = self.codec.latent_size(config.height, config.width)
         self.dit = MMDiT(
             dit_config(config.dit, latent_channels=self.codec.latent_channels, latent_size=(h, w), **config.dit_overrides)
