@@ -102,6 +102,18 @@ def test_clean_cache_renders_reproduce_the_target_where_covisible(tiny_episodes)
     assert r.mask.all() and torch.equal(r.values.to(torch.uint8), truth["rgb"][:, 4])
     noisy = cache_renders(truth, torch.tensor([5, 6]), torch.tensor([0, 4]), batch["scale"], RenderNoise(), torch.Generator().manual_seed(0))
     assert noisy.values.shape == (4, 16, 16, 3) and 0.3 < noisy.mask.float().mean() <= 1
+    # clean = 1: every clip's cache is exact, whatever the other noise levels say.
+    exact = cache_renders(truth, torch.tensor([5, 6]), torch.tensor([0, 4]), batch["scale"], clean)
+    forced = cache_renders(
+        truth, torch.tensor([5, 6]), torch.tensor([0, 4]), batch["scale"], RenderNoise(clean=1.0), torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(forced.values, exact.values) and torch.equal(forced.mask, exact.mask)
+
+
+@pytest.mark.parametrize("field, value", [("clean", 1.5), ("blur", -0.1), ("depth", -1.0), ("rotation_deg", float("nan"))])
+def test_render_noise_rejects_bad_levels(field, value):
+    with pytest.raises(ValueError, match=field):
+        RenderNoise(**{field: value})
 
 
 def test_grounded_rollout_refines_with_the_cache_and_branches():

@@ -152,6 +152,15 @@ class RenderNoise:
     translation: float = 0.03  # camera translation error, in units of the window scale
     depth: float = 0.05  # depth error: a per-frame factor ~ 1 + N(0, depth), then per pixel ~ 1 + N(0, depth / 2)
     blur: float = 0.5  # probability that a cached frame other than the first is blurred (a generated frame)
+    clean: float = 0.0  # probability that a clip's cache is exact (none of the above): the render is to be trusted
+
+    def __post_init__(self):
+        for name in ("rotation_deg", "translation", "depth"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"RenderNoise.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("blur", "clean"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"RenderNoise.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
 
 
 def cache_renders(
@@ -168,15 +177,20 @@ def cache_renders(
     """
     B, n, k = frames.shape[0], len(targets), len(keyframes)
     key = frames[:, keyframes]  # (B, k)
+    noisy = torch.ones(B, dtype=torch.bool, device=scale.device)  # (B,) False: an exact cache
+    if noise.clean > 0:  # draws only when asked: the noise stream of clean = 0 is unchanged
+        noisy = torch.rand(B, generator=generator, device=scale.device) >= noise.clean
     pose = perturb_poses(key["pose"], noise.rotation_deg, noise.translation * scale[:, None].expand(B, k), generator)
+    pose = torch.where(noisy[:, None, None, None], pose, key["pose"])  # (B, k, 4, 4)
     depth = key["depth"][..., 0]  # (B, k, H, W)
     factor = 1 + noise.depth * torch.randn(B, k, 1, 1, generator=generator, device=depth.device)
-    depth = depth * factor * (1 + noise.depth / 2 * torch.randn(depth.shape, generator=generator, device=depth.device))
+    factor = factor * (1 + noise.depth / 2 * torch.randn(depth.shape, generator=generator, device=depth.device))
+    depth = depth * torch.where(noisy[:, None, None, None], factor, torch.ones_like(factor))
     rgb = key["rgb"].float()  # (B, k, H, W, 3)
     blurred = F.avg_pool2d(rgb.flatten(0, 1).movedim(-1, 1), 3, 1, 1, count_include_pad=False).movedim(1, -1).view_as(rgb)
     blur = torch.rand(B, k, 1, 1, 1, generator=generator, device=rgb.device) < noise.blur
     blur[:, 0] = False  # the start frame is real
-    rgb = torch.where(blur, blurred, rgb)
+    rgb = torch.where(blur & noisy[:, None, None, None, None], blurred, rgb)
     points = G.unproject(depth.clamp_min(1e-3), key["intrinsics"], pose).flatten(1, 3)  # (B, k * H * W, 3)
     H, W = depth.shape[-2:]
     target = frames[:, targets]  # (B, n)
