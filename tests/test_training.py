@@ -25,6 +25,8 @@ from world_model.lit_module import (
     warmup_cosine,
 )
 from world_model.model import DeepVerse
+from world_model.refine import RenderNoise, cache_renders
+from world_model.state import true_frames
 
 pytestmark = pytest.mark.filterwarnings("ignore:no codec_weights given")  # most tests need no trained codec
 
@@ -194,6 +196,37 @@ def test_world_model_stage_with_a_render_frame_scores_next_with_exact_renders(da
     assert torch.equal(clips.render, again.render)  # no render errors in evaluation
     assert torch.isfinite(module.evaluate(model, batch)["next/psnr"])
     assert renders[0] is not None and all(r is None for r in renders[1:])  # next/*, then ar_chunk1..n
+
+
+def test_next_chunk_of_a_refiner_model_is_refined_against_the_true_history_in_its_predicted_cameras(data_dir):
+    """``next/*`` of a grounded model (M18): the refiner sees the true keyframes 0..n-1 (a rollout's cache after
+    real history) rendered into the generated chunk's own cameras."""
+    module = WorldModelModule(model=tiny_config(render_cache=True), eval_sampler={"steps": 1})
+    dm = datamodule(data_dir)
+    dm.setup("validate")
+    model, batch = module.averaged.eval(), next(iter(dm.val_dataloader()))
+    clips, truth = module.conditions(model, batch), true_frames(batch)
+    seen = []
+    model.refiner.forward = lambda inputs: seen.append(inputs) or inputs[:, 4:7]  # the render's colours (0 in holes)
+    with pytest.raises(ValueError, match="pass truth"):
+        module.forecast_next(model, clips)
+    torch.manual_seed(0)
+    refined = module.forecast_next(model, clips, truth)
+    torch.manual_seed(0)
+    model.refiner = None
+    plain = module.forecast_next(model, clips)  # the same sample, unrefined
+    n, tf = clips.captions.shape[1], model.frames_per_chunk
+    exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
+    render = cache_renders(
+        truth, torch.arange(n * tf - tf + 1, n * tf + 1), torch.arange(0, n * tf, tf), clips.scale, exact,
+        cameras=(plain["intrinsics"], plain["pose"]),
+    )
+    B = clips.scale.shape[0]
+    expected = torch.where(render.mask[..., None], render.values, 127.5).round().to(torch.uint8)  # (B * tf, H, W, 3)
+    assert len(seen) == 1 and seen[0].shape[0] == B * tf and 0 < render.mask.float().mean() < 1
+    assert (refined["rgb"].flatten(0, 1).int() - expected.int()).abs().max() <= 1
+    assert torch.equal(refined["pose"], plain["pose"]) and torch.equal(refined["depth"], plain["depth"])
+    assert not torch.equal(refined["rgb"], plain["rgb"])
 
 
 def test_codec_weights_files_and_mismatches(tmp_path):

@@ -672,13 +672,28 @@ class WorldModelModule(TrainingModule):
         )
 
     @torch.no_grad()
-    def forecast_next(self, model: DeepVerse, clips: Conditions) -> Frames:
-        """The last chunk n of each clip generated from its real history: metric frames (B, tf, ...)."""
-        n = clips.captions.shape[1]
+    def forecast_next(self, model: DeepVerse, clips: Conditions, truth: Frames | None = None) -> Frames:
+        """The last chunk n of each clip generated from its real history: metric frames (B, tf, ...). A model
+        with a refiner refines its colours against the true keyframes 0..n-1 (``truth``, what a rollout's 3D
+        cache holds after real history) rendered into the chunk's predicted cameras."""
+        n, tf = clips.captions.shape[1], model.frames_per_chunk
         history = clips.latents[:, :n]  # (B, n, C, h, w); next_latent keeps the last m
         window = torch.cat([history, self._generate(model, history, n, clips, with_render=True)], dim=1)
-        frames = decoded_frames(model, window, clips.scale)
-        return {k: v[:, -model.frames_per_chunk :] for k, v in frames.items()}
+        frames = {k: v[:, -tf:] for k, v in decoded_frames(model, window, clips.scale).items()}  # (B, tf)
+        if model.refiner is None:
+            return frames
+        if truth is None:
+            raise ValueError("a model with a refiner forecasts against the true history: pass truth")
+        exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
+        render = cache_renders(
+            truth, torch.arange(n * tf - tf + 1, n * tf + 1), torch.arange(0, n * tf, tf), clips.scale, exact,
+            cameras=(frames["intrinsics"], frames["pose"]),
+        )  # (B * tf, H, W)
+        inputs = refiner_inputs(
+            frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth, render.mask,
+            clips.scale.repeat_interleave(tf),
+        )
+        return frames | {"rgb": to_rgb8(model.refiner(inputs)).unflatten(0, frames["rgb"].shape[:2])}
 
     def next_chunk_metrics(self, model: DeepVerse, clips: Conditions, truth: Frames) -> dict[str, Tensor]:
         """``next/*`` beside the baselines and ``_codec``: the true chunk through the codec
@@ -688,7 +703,7 @@ class WorldModelModule(TrainingModule):
         with torch.no_grad():
             ceiling = {k: v[:, -tf:] for k, v in decoded_frames(model, clips.latents, clips.scale).items()}
         return {
-            **score(self.forecast_next(model, clips), target, "next"),
+            **score(self.forecast_next(model, clips, truth), target, "next"),
             **score(ceiling, target, "next", "_codec"),
             **baselines(truth, T - tf - 1, slice(T - tf, T), "next"),
         }
@@ -710,4 +725,4 @@ class WorldModelModule(TrainingModule):
 
     def predict_step(self, batch: TensorDict, batch_idx: int) -> Frames:
         """The last chunk of each clip forecast from its real history, metric frames (B, tf, ...)."""
-        return self.forecast_next(self.averaged, self.conditions(self.averaged, batch))
+        return self.forecast_next(self.averaged, self.conditions(self.averaged, batch), true_frames(batch))

@@ -164,7 +164,8 @@ class RenderNoise:
 
 
 def cache_renders(
-    frames, targets: Tensor, keyframes: Tensor, scale: Tensor, noise: RenderNoise, generator: torch.Generator | None = None
+    frames, targets: Tensor, keyframes: Tensor, scale: Tensor, noise: RenderNoise, generator: torch.Generator | None = None,
+    cameras: tuple[Tensor, Tensor] | None = None,
 ) -> Render:
     """Renders of noisy cached keyframes into the true cameras of target frames (refiner training).
 
@@ -172,6 +173,8 @@ def cache_renders(
         frames: frames (B, T) in one window (``state.to_frames``): rgb uint8, depth, pose, intrinsics.
         targets: (n,) frame indices to render into.  keyframes: (k,) frame indices the cache holds.
         scale: (B,) metres per window unit.
+        cameras: (intrinsics (B, n, 3, 3), pose (B, n, 4, 4)) to render into instead of the targets' true ones
+            (a forecast's predicted cameras); None = the true cameras.
     Returns:
         ``splat.Render`` with batch B * n (target-major within each clip).
     """
@@ -193,8 +196,9 @@ def cache_renders(
     rgb = torch.where(blur & noisy[:, None, None, None, None], blurred, rgb)
     points = G.unproject(depth.clamp_min(1e-3), key["intrinsics"], pose).flatten(1, 3)  # (B, k * H * W, 3)
     H, W = depth.shape[-2:]
-    target = frames[:, targets]  # (B, n)
+    K, c2w = (frames["intrinsics"][:, targets], frames["pose"][:, targets]) if cameras is None else cameras  # (B, n)
+    if K.shape[:2] != (B, n) or c2w.shape[:2] != (B, n):
+        raise ValueError(f"cameras must be (B, n) = {(B, n)} intrinsics and poses, got {tuple(K.shape)}, {tuple(c2w.shape)}")
     return splat(
-        points.repeat_interleave(n, 0), rgb.flatten(1, 3).repeat_interleave(n, 0),
-        target["intrinsics"].flatten(0, 1), target["pose"].flatten(0, 1), H, W,
+        points.repeat_interleave(n, 0), rgb.flatten(1, 3).repeat_interleave(n, 0), K.flatten(0, 1), c2w.flatten(0, 1), H, W,
     )
