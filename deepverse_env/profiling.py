@@ -12,7 +12,8 @@ work of a step and adds up their wall time by part:
 - ``hooks``: reward and termination; ``maps``: the per-world point maps of ``render()``;
 - ``other``: the rest of the step (Python, tensor bookkeeping, normalisation), the step's total minus the parts.
 
-The parts do not nest (none of them calls another), so they add up to at most the step. Only the world's
+The parts do not nest (none of them calls another) and count only inside ``world.step`` (not in ``reset``),
+so they add up to at most the step. Only the world's
 own rollout is wrapped: ``imagine`` branches rollouts of its own and is not profiled here.
 """
 from __future__ import annotations
@@ -46,9 +47,13 @@ class StepProfile(AbstractContextManager):
         self.world, self.targets = world, targets
         self.seconds: dict[str, float] = defaultdict(float)
         self.steps = 0
+        self._stepping = False  # inside world.step: only then do the parts count
 
     def _wrap(self, part: str, fn):
         def timed(*args, **kwargs):
+            if part != "step" and not self._stepping:  # a reset's encode / decode / hooks are not a step's
+                return fn(*args, **kwargs)
+            self._stepping = True
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
@@ -56,6 +61,7 @@ class StepProfile(AbstractContextManager):
                 self.seconds[part] += time.perf_counter() - t0
                 if part == "step":
                     self.steps += 1
+                    self._stepping = False
 
         return timed
 

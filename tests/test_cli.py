@@ -113,3 +113,6 @@ def test_step_profile_restores_the_world(tmp_path):
     assert "step" not in vars(env.world) and "next_latent" not in vars(env.world.rollout.model)
     with pytest.raises(RuntimeError, match="no step was profiled"):
         StepProfile(env.world).report()
+    with StepProfile(env.world) as profile:  # a reset encodes and decodes, but it is no step's time
+        env.reset(seed=1)
+    assert not any(profile.seconds.values())
