@@ -39,7 +39,7 @@ from world_model.codec import Codec
 from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import CONFIG_FILE, WEIGHTS_FILE, DeepVerse, DeepVerseConfig
-from world_model.refine import RenderNoise, cache_renders, refiner_inputs
+from world_model.refine import EXACT, RenderNoise, cache_renders, refine_frames, refiner_inputs
 from world_model.state import to_frames, to_rgb8, true_frames
 from world_model.text import SENTENCES
 
@@ -656,8 +656,7 @@ class WorldModelModule(TrainingModule):
         if model.config.use_memory and "memory" in batch.keys():
             spatial, mask = model.encode(batch["memory"]), batch["has_memory"].bool()
         if model.dit.config.render_frame:
-            exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
-            render, cover = model.clip_render(batch, batch["caption_ids"].shape[1], exact)
+            render, cover = model.clip_render(batch, batch["caption_ids"].shape[1], EXACT)
         return Conditions(model.encode(batch), batch["caption_ids"], spatial, mask, batch["scale"], render, cover)
 
     def _generate(
@@ -684,16 +683,11 @@ class WorldModelModule(TrainingModule):
             return frames
         if truth is None:
             raise ValueError("a model with a refiner forecasts against the true history: pass truth")
-        exact = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)
         render = cache_renders(
-            truth, torch.arange(n * tf - tf + 1, n * tf + 1), torch.arange(0, n * tf, tf), clips.scale, exact,
+            truth, torch.arange(n * tf - tf + 1, n * tf + 1), torch.arange(0, n * tf, tf), clips.scale, EXACT,
             cameras=(frames["intrinsics"], frames["pose"]),
         )  # (B * tf, H, W)
-        inputs = refiner_inputs(
-            frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth, render.mask,
-            clips.scale.repeat_interleave(tf),
-        )
-        return frames | {"rgb": to_rgb8(model.refiner(inputs)).unflatten(0, frames["rgb"].shape[:2])}
+        return frames | {"rgb": refine_frames(model.refiner, frames, render, clips.scale)}
 
     def next_chunk_metrics(self, model: DeepVerse, clips: Conditions, truth: Frames) -> dict[str, Tensor]:
         """``next/*`` beside the baselines and ``_codec``: the true chunk through the codec

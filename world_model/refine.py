@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from world_model import geometry as G
 from world_model.splat import Render, splat
+from world_model.state import to_rgb8
 
 IN_CHANNELS = 9
 
@@ -161,6 +162,20 @@ class RenderNoise:
         for name in ("blur", "clean"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"RenderNoise.{name} must be a probability in [0, 1], got {getattr(self, name)!r}")
+
+
+EXACT = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)  # a cache of true frames, no errors
+
+
+def refine_frames(refiner: Refiner, frames, render: Render, scale: Tensor) -> Tensor:
+    """The refiner's colours (b, tf, H, W, 3) uint8 of decoded frames (b, tf) (rgb, depth (..., 1) metres) given
+    the 3D cache rendered into their cameras (``Render`` with batch b * tf) and the window scale (b,)."""
+    b, tf = frames["rgb"].shape[:2]
+    inputs = refiner_inputs(
+        frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth, render.mask,
+        scale.repeat_interleave(tf),
+    )
+    return to_rgb8(refiner(inputs).float()).unflatten(0, (b, tf))
 
 
 def cache_renders(

@@ -49,9 +49,9 @@ from world_model.codec import DecoderStream
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
-from world_model.refine import refiner_inputs
+from world_model.refine import refine_frames
 from world_model.splat import splat
-from world_model.state import normalize_frames, to_frames, to_rgb8
+from world_model.state import normalize_frames, to_frames
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -479,15 +479,9 @@ class Rollout:
     def _refine(self, idx: Tensor, frames: TensorDict) -> Tensor:
         """The refiner's colours (b, tf, H, W, 3) uint8 of decoded frames (b, tf), given the 3D cache rendered
         into their predicted cameras."""
-        b, tf = frames.shape
         render = self.cache.render(idx, frames["intrinsics"], frames["pose"])  # (b * tf, H, W)
-        inputs = refiner_inputs(
-            frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth,
-            render.mask, self.scale[idx].repeat_interleave(tf),
-        )
         with self._net():
-            rgb = self.model.refiner(inputs).float()  # (b * tf, 3, H, W)
-        return to_rgb8(rgb).view(b, tf, self.H, self.W, 3)
+            return refine_frames(self.model.refiner, frames, render, self.scale[idx])
 
     def _spatial(self) -> tuple[Tensor | None, Tensor | None]:
         """ψ-retrieved memory keyframes, normalised into each world's current window and encoded."""
