@@ -83,6 +83,15 @@ def test_disparity_round_trip_and_range(seed, lam):
     assert torch.allclose(G.decode_depth(x, scale), depth, rtol=1e-5)
 
 
+def test_decode_depth_bounds_a_prediction_past_zero_disparity():
+    scale = torch.tensor([0.5, 2.0])
+    x = torch.tensor([[-1.0, -3.0, 0.0], [-1.0, -0.9, 1.0]])[..., None]  # (B, H, W): at, past and inside the range
+    depth = G.decode_depth(x, scale)
+    assert torch.isfinite(depth).all()
+    assert torch.allclose(depth[:, :2].amax(-1).amax(-1), 400 * scale)  # the floor: 400 window scales
+    assert torch.allclose(depth[:, 2, 0], torch.tensor([2.0, 2.0]))  # inside the range: exact (scale / ((x+1)/2)^2)
+
+
 def test_window_scale_quantile_ignores_a_few_near_pixels():
     depth = torch.full((2, 20, 20), 2.0)  # (B, H, W)
     depth[:, 0, :3] = 0.01  # 3 of 400 pixels

@@ -314,9 +314,11 @@ def encode_depth(depth: Tensor, scale: Tensor) -> Tensor:
     return 2.0 * torch.sqrt(scale[..., None, None] / depth) - 1.0
 
 
-def decode_depth(x: Tensor, scale: Tensor, min_sqrt_disparity: float = 1e-3) -> Tensor:
-    """Inverse of ``encode_depth``. Predictions at or below zero disparity are clamped to
-    ``min_sqrt_disparity`` (a far surface) instead of giving infinite or negative depth."""
+def decode_depth(x: Tensor, scale: Tensor, min_sqrt_disparity: float = 0.05) -> Tensor:
+    """Inverse of ``encode_depth``. Predictions below ``min_sqrt_disparity`` are clamped to it: the farthest
+    surface decodes to 1 / 0.05^2 = 400 window scales instead of infinite or negative depth. The recorded worlds
+    reach ~55 scales (encoded -0.73 at the lowest); generated chunks put a few pixels at or below -1 (the render
+    frame's holes are coded -1), which the old floor of 1e-3 decoded to 10^6 scales (mean AbsRel 10-150)."""
     e = ((x + 1.0) / 2.0).clamp_min(min_sqrt_disparity)
     return scale[..., None, None] / (e * e)
 
