@@ -124,10 +124,16 @@ def test_cached_sampler_equals_uncached(mode):
 
 
 def test_unit_guidance_equals_the_conditional_model():
-    """s_T = s_S = 1 collapses the three branches to e(T, S): a plain Euler loop on the conditional model."""
+    """s_T = s_S = 1 collapses the three branches to e(T, S): a plain Euler loop on the conditional model, which
+    is all the sampler computes (one branch: a third of the guided work)."""
     model, _, cond = model_and_batch()
     sampler = SamplerConfig(steps=3, s_text=1.0, s_spatial=1.0)
+    calls = []
+    denoise = model.denoise
+    model.denoise = lambda x, *a, **k: calls.append(x.shape[0]) or denoise(x, *a, **k)
     guided = FlowMatching().sample(model, noise(), cond, sampler)
+    assert calls == [2, 2, 2]  # 2 samples, one branch, three steps
+    model.denoise = denoise
     x = noise()
     ts = FlowMatching.schedule(sampler)
     with torch.no_grad():

@@ -215,12 +215,15 @@ class FlowMatching:
             cond = _noised_history(cond, level, generator) if level.any() else dataclasses.replace(cond, history_t=level)
 
         # Branches along the batch: (null text, no memory), (text, no memory)[, (text, memory)]; a render goes with
-        # the memory.
+        # the memory. Scales of 1 leave only the last branch in the sum below, so only it is computed.
         no, yes = torch.zeros(B, dtype=torch.bool, device=z.device), torch.ones(B, dtype=torch.bool, device=z.device)
         if cond.has_spatial:
             branches = [cond.drop(no, no), cond.drop(yes, no), cond.drop(yes, yes)]
         else:
             branches = [cond.drop(no, None), cond.drop(yes, None)]
+        unguided = sampler.s_text == 1.0 and (not cond.has_spatial or sampler.s_spatial == 1.0)
+        if unguided:
+            branches = branches[-1:]
         n = len(branches)
         batched = type(cond).cat(branches)
         known_n = None if known is None else known.repeat(n, 1, 1)
@@ -230,9 +233,12 @@ class FlowMatching:
         for i in range(sampler.steps):
             v = model.denoise(x.repeat(n, 1, 1, 1, 1), ts[i], ctx if use_cache else model.encode_context(batched), known_n)
             v = v.chunk(n)  # n x (B, k, C, h, w)
-            e = v[0] + sampler.s_text * (v[1] - v[0])
-            if n == 3:
-                e = e + sampler.s_spatial * (v[2] - v[1])
+            if unguided:
+                e = v[0]
+            else:
+                e = v[0] + sampler.s_text * (v[1] - v[0])
+                if n == 3:
+                    e = e + sampler.s_spatial * (v[2] - v[1])
             x = x + (ts[i + 1] - ts[i]) * e
             if mask is not None:
                 x = torch.where(mask, known_values, x)
