@@ -1,5 +1,6 @@
 """The Lightning training stack: both stages fit, resume after a kill, export, schedule, DDP on CPU, configs."""
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import save_file
 
-from conftest import tiny_config
+from conftest import perturb_zero_init, tiny_config
 from deepverse_env.collect import collect
 from world_model.cli import LastCheckpoint, cli_main
 from world_model.datamodule import DeepVerseDataModule
@@ -366,7 +367,7 @@ def cli(monkeypatch, *args: str) -> None:
     cli_main()
 
 
-def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
+def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch, capsys):
     base = ["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(overlay(tmp_path, data_dir))]
     cli(monkeypatch, *base)
     run = tmp_path / "run"
@@ -389,6 +390,23 @@ def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--steps", "0")
     assert not (tmp_path / "bad").exists()
+
+    # --refiner: a refiner trained over the same codec goes with the checkpoint's model (after a longer stage 2).
+    donor = DeepVerse(dataclasses.replace(exported.config, render_cache=True))
+    donor.load_state_dict(exported.state_dict(), strict=False)
+    perturb_zero_init(donor.refiner)
+    donor.save_pretrained(tmp_path / "refined_donor")
+    cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "refined"), "--refiner", str(tmp_path / "refined_donor"))
+    refined = DeepVerse.from_pretrained(tmp_path / "refined")
+    assert refined.config.render_cache and same(refined.refiner, donor.refiner)
+    assert all(torch.equal(v, exported.state_dict()[k]) for k, v in refined.state_dict().items() if not k.startswith("refiner."))
+    with torch.no_grad():
+        next(donor.codec.parameters()).add_(1.0)  # another codec: its refiner does not fit
+    donor.save_pretrained(tmp_path / "other_codec")
+    for bad, message in ((tmp_path / "other_codec", "trained over another codec"), (tmp_path / "export", "has no refiner")):
+        with pytest.raises(SystemExit):
+            cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--refiner", str(bad))
+        assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize(

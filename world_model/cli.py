@@ -122,6 +122,11 @@ def export_main(argv: list[str]) -> None:
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of CodecModule or WorldModelModule")
     parser.add_argument("--out", required=True, help="directory to write (replaced if it exists)")
     parser.add_argument("--raw", action="store_true", help="export the raw weights instead of their EMA")
+    parser.add_argument(
+        "--refiner", metavar="DIR",
+        help="an export with a trained 3D-cache refiner over the same codec: export it with this checkpoint's model "
+        "(render_cache on), e.g. after a longer stage 2",
+    )
     group = parser.add_argument_group(
         "sampling defaults stored with the export (default: the run's; tune them on validation with "
         "`deepverse-train validate --model.init_args.eval_sampler '{s_text: X}'`)"
@@ -132,7 +137,7 @@ def export_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     sampler = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)}
     try:
-        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=sampler))
+        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=sampler, refiner=args.refiner))
     except (ValueError, FileNotFoundError) as e:  # a missing or foreign --ckpt, weights that do not fit, ...
         parser.error(str(e))
 

@@ -123,7 +123,10 @@ def check_same_config(path: str | Path, saved: DeepVerseConfig, model: DeepVerse
         raise ValueError(f"init_weights {path} was saved with another config than model: {{field: (saved, model)}} = {differ}")
 
 
-def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None) -> Path:
+def export_pretrained(
+    ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None,
+    refiner: str | Path | None = None,
+) -> Path:
     """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
 
     Args:
@@ -132,6 +135,9 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Tr
         ema: export the EMA weights (the default, and what validation measured) or the raw ones.
         sampler: changes to the run's sampling defaults to store with it (``SamplerConfig`` fields), e.g.
             guidance scales tuned on validation after training; None keeps the run's.
+        refiner: a ``save_pretrained`` export with a trained refiner (M18) over the same codec weights: its
+            refiner is exported with the checkpoint's model (``render_cache`` on). The refiner learns from the
+            codec's reconstructions alone, so a longer stage 2 over the same codec keeps it.
     """
     ckpt = load_training_checkpoint(ckpt_path)
     prefix = "ema.module." if ema else "model."
@@ -147,12 +153,35 @@ def export_pretrained(ckpt_path: str | Path, out_dir: str | Path, ema: bool = Tr
         config, shapes, f"{ckpt_path} ({prefix}* weights)", "its hyper_parameters.model",
         optional=("latent_shift", "latent_scale"),
     )
+    if refiner is not None:
+        config, refiner_state = _refiner_of(refiner, config, state)
+        state |= refiner_state
     model = DeepVerse(config)
     for name in ("latent_shift", "latent_scale"):  # checkpoints from before the latent statistics: identity
         state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
     model.set_sampler(**(sampler or {}))
     return model.save_pretrained(out_dir)
+
+
+def _refiner_of(path: str | Path, config: DeepVerseConfig, state: dict) -> tuple[DeepVerseConfig, dict]:
+    """The config with ``path``'s refiner switched on, and that refiner's weights; ValueError naming ``path`` unless
+    it is an export with a refiner over the same codec (config and weights) as ``state``."""
+    donor = DeepVerse.from_pretrained(path)  # FileNotFoundError / ValueError naming the path
+    if donor.refiner is None:
+        raise ValueError(f"refiner {path} has no refiner (render_cache false); expected an export of RefinerModule")
+    theirs = donor.state_dict()
+    codec = {k: v for k, v in state.items() if k.startswith("codec.")}
+    same = donor.config.codec_config() == config.codec_config() and codec.keys() == {
+        k for k in theirs if k.startswith("codec.")
+    } and all(torch.equal(v, theirs[k]) for k, v in codec.items())
+    if not same:
+        raise ValueError(
+            f"refiner {path} was trained over another codec than this checkpoint's; expected an export whose codec "
+            f"config and weights equal the checkpoint's (the refiner refines that codec's reconstructions)"
+        )
+    config = dataclasses.replace(config, render_cache=True, refiner_overrides=donor.config.refiner_overrides)
+    return config, {k: v for k, v in theirs.items() if k.startswith("refiner.")}
 
 
 CHECKPOINT_EXPECTED = "a Lightning checkpoint (.ckpt) of world_model.lit_module's CodecModule or WorldModelModule"
