@@ -57,6 +57,19 @@ positive_int = at_least(1, "a positive integer")
 non_negative_int = at_least(0, "a non-negative integer")
 
 
+def key_value(text: str) -> tuple[str, object]:
+    """An argparse type: ``KEY=VALUE`` with the value read as YAML (``false`` -> False, ``2`` -> 2, ``bfloat16`` a string)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"the value of {text!r} is not valid YAML") from None
+
+
 def field_of_view(text: str) -> float:
     """An argparse type: degrees in (0, 180)."""
     try:
@@ -156,7 +169,8 @@ def bench_model(args: argparse.Namespace) -> dict:
 
 
 def bench_env(args: argparse.Namespace) -> dict:
-    """Steps and frames per second of DeepVerse-v0, one env and N batched, beside the simulator's."""
+    """Steps and frames per second of DeepVerse-v0, one env and N batched, in each compute dtype, beside the
+    simulator's, all measured in this run; the top-level figures are those of the first dtype."""
     import numpy as np
     import torch
 
@@ -185,29 +199,38 @@ def bench_env(args: argparse.Namespace) -> dict:
             env.step(rng.integers(n_actions, size=shape))
         return (time.perf_counter() - t0) / steps
 
-    for name, single, vector in (
-        ("", lambda: DeepVerseEnv(checkpoint=model), lambda: DeepVerseVectorEnv(N, checkpoint=model)),
-        ("sim_", lambda: DeepVerseSimEnv(**size), lambda: DeepVerseSimVectorEnv(N, **size)),
-    ):
+    def throughput(name: str, single, vector) -> dict:
+        out = {}
         env = single()
         s = seconds_per_step(env, env.action_space.n, args.steps, None)
-        result[f"{name}env_steps_per_s"], result[f"{name}env_fps"] = round(1 / s, 2), round(F / s, 1)
+        out[f"{name}env_steps_per_s"], out[f"{name}env_fps"] = round(1 / s, 2), round(F / s, 1)
         envs = vector()
-        s = seconds_per_step(envs, envs.single_action_space.n, max(2, args.steps // 4), N)
-        result[f"{name}vector{N}_steps_per_s"], result[f"{name}vector{N}_fps"] = round(N / s, 2), round(N * F / s, 1)
+        s = seconds_per_step(envs, envs.single_action_space.n, max(4, args.steps // 2), N)
+        out[f"{name}vector{N}_steps_per_s"], out[f"{name}vector{N}_fps"] = round(N / s, 2), round(N * F / s, 1)
         if name == "":
-            result["state_mib_per_world"] = round(envs.world.nbytes() / N / 2**20, 2)
-    if args.profile:  # separate runs, so the wrappers' own cost never enters the throughput figures
-        from deepverse_env.profiling import StepProfile
+            out["state_mib_per_world"] = round(envs.world.nbytes() / N / 2**20, 2)
+            out["vector_speedup"] = round(out[f"vector{N}_fps"] / out["env_fps"], 2)
+        return out
 
-        result["profile"] = {}
-        for label, env, batch in (("env", DeepVerseEnv(checkpoint=model), None),
-                                  (f"vector{N}", DeepVerseVectorEnv(N, checkpoint=model), N)):
-            world = env.world
-            with StepProfile(world) as profile:
-                seconds_per_step(env, len(world.actions), args.steps, batch)
-            result["profile"][label] = profile.report()
-    result["vector_speedup"] = round(result[f"vector{N}_fps"] / result["env_fps"], 2)
+    dtypes = {}
+    for dtype in args.dtypes:
+        dtypes[dtype] = figures = throughput(
+            "", lambda: DeepVerseEnv(checkpoint=model, dtype=dtype), lambda: DeepVerseVectorEnv(N, checkpoint=model, dtype=dtype)
+        )
+        if args.profile:  # separate runs, so the wrappers' own cost never enters the throughput figures
+            from deepverse_env.profiling import StepProfile
+
+            figures["profile"] = {}
+            for label, env, batch in (("env", DeepVerseEnv(checkpoint=model, dtype=dtype), None),
+                                      (f"vector{N}", DeepVerseVectorEnv(N, checkpoint=model, dtype=dtype), N)):
+                world = env.world
+                with StepProfile(world) as profile:
+                    seconds_per_step(env, len(world.actions), args.steps, batch)
+                figures["profile"][label] = profile.report()
+    result.update(dtypes[args.dtypes[0]])
+    result["dtypes"] = dtypes
+    result["fastest_dtype"] = max(dtypes, key=lambda d: dtypes[d]["env_fps"])
+    result.update(throughput("sim_", lambda: DeepVerseSimEnv(**size), lambda: DeepVerseSimVectorEnv(N, **size)))
     result["ratio_to_sim"] = round(result["env_fps"] / result["sim_env_fps"], 4)
     result[f"vector{N}_ratio_to_sim"] = round(result[f"vector{N}_fps"] / result[f"sim_vector{N}_fps"], 4)
     return result
@@ -249,6 +272,9 @@ def add_bench(subparsers) -> None:
     env.add_argument("--profile", action="store_true", help="also time each part of a step (DiT, encode, decode, "
                      "render, refine, memory, hooks, maps, other) for one env and the batch, in separate runs")
     env.add_argument("--steps", type=positive_int, default=20, help="env steps timed for the single env (default 20)")
+    env.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
+                     help="compute dtypes measured, each in its own run (default float32 bfloat16; the CPU decides which "
+                     "is faster: see fastest_dtype); the top-level figures are the first's")
     env.set_defaults(func=bench_env)
 
 
@@ -334,6 +360,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         return evaluate(
             out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
             compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
+            env=dict(args.env),
         )
 
 
@@ -355,6 +382,11 @@ def add_eval(subparsers) -> None:
     p.add_argument("--starts", nargs="+", default=["4d", "image"], help="4d and/or image (default both)")
     p.add_argument("--no-paper-path", action="store_true", help="skip the paper path (no 3D cache) comparison")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the action scripts (default 0)")
+    p.add_argument(
+        "--env", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the learned env (DeepVerse-v0 keyword, value in YAML), repeatable: e.g. --env dtype=bfloat16 "
+        "--env carry_decoder=false --env use_memory=false",
+    )
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval, indent=1)

@@ -57,14 +57,36 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def check_env_options(env: dict | None) -> dict:
+    """``env`` as a dict of ``LearnedEnvConfig`` settings the evaluation does not set itself, checked (values by the
+    config, before any model loads); ValueError naming a bad key or value."""
+    import dataclasses
+
+    from deepverse_env.learned.world import LearnedEnvConfig
+
+    env = dict(env or {})
+    allowed = {f.name for f in dataclasses.fields(LearnedEnvConfig)} - {
+        "render_cache", "starts", "reward", "termination", "action_set", "text_actions",  # the evaluation sets these
+    }
+    bad = sorted(set(env) - allowed)
+    if bad:
+        raise ValueError(f"env options {bad} are not settings of the learned env the evaluation leaves open; "
+                         f"expected some of {sorted(allowed)}")
+    LearnedEnvConfig(**env)  # ValueError naming a bad value
+    return env
+
+
 def _frames(info: dict) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.asarray(info["frames"][k])) for k in ("rgb", "depth", "pose")}  # (N, F, ...)
 
 
-def rollout(model, seeds: list[int], scripts: np.ndarray, start: str, render_cache: bool, progress: bool) -> dict:
-    """Predicted and true frames (N, L * F, ...) and the start frames (N, ...) of one batched open-loop rollout."""
+def rollout(
+    model, seeds: list[int], scripts: np.ndarray, start: str, render_cache: bool, progress: bool, env: dict | None = None
+) -> dict:
+    """Predicted and true frames (N, L * F, ...) and the start frames (N, ...) of one batched open-loop rollout;
+    ``env``: more keyword arguments of the learned env (``LearnedEnvConfig``)."""
     N = len(seeds)
-    envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache)
+    envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, **(env or {}))
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)
     first, _ = sims.reset(seed=seeds)
     envs.reset(seed=seeds, options={"image": first["rgb"]} if start == "image" else None)
@@ -97,9 +119,9 @@ def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def revisit(model, seed: int, render_cache: bool) -> dict[str, float]:
+def revisit(model, seed: int, render_cache: bool, env: dict | None = None) -> dict[str, float]:
     """The out-and-back tour from the 4D start of world ``seed``: the returning view against the truth."""
-    env = DeepVerseEnv(checkpoint=model, render_cache=render_cache)
+    env = DeepVerseEnv(checkpoint=model, render_cache=render_cache, **(env or {}))
     sims = DeepVerseSimVectorEnv(1, height=env.height, width=env.width, frames_per_step=env.frames_per_step)
     first, _ = sims.reset(seed=[seed])
     env.reset(seed=seed)
@@ -173,9 +195,12 @@ def _report(summary: dict) -> str:
 def run_eval(
     out: str | Path, checkpoint: str | Path | None = None, seeds: str = "2000000:2000008", frames: int = 60,
     starts: tuple[str, ...] = ("4d", "image"), compare_paper_path: bool = True, seed: int = 0, progress: bool = True,
+    env: dict | None = None,
 ) -> dict:
-    """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints."""
+    """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints. ``env``: more
+    keyword arguments of the learned env (``LearnedEnvConfig`` fields, e.g. ``{"dtype": "bfloat16"}``)."""
     world_seeds = parse_seeds(seeds)  # the arguments are checked before the model loads
+    env = check_env_options(env)
     bad = sorted(set(starts) - {"4d", "image"})
     if bad or not starts:
         raise ValueError(f"--starts must name 4d and/or image, got {list(starts)}")
@@ -198,13 +223,13 @@ def run_eval(
     for label, cache in paths.items():
         results[label] = {}
         for start in starts:
-            run = rollout(model, world_seeds, scripts, start, cache, progress)
+            run = rollout(model, world_seeds, scripts, start, cache, progress, env)
             results[label][start] = horizon_metrics(run, start)
             _strip(run, out / f"frames-{start}-{label.replace(' ', '-')}.png")
-    revisits = {label: revisit(model, world_seeds[0], cache) for label, cache in paths.items()}
+    revisits = {label: revisit(model, world_seeds[0], cache, env) for label, cache in paths.items()}
     summary = {
         "checkpoint": "shipped" if checkpoint is None else str(checkpoint), "seeds": seeds, "frames": frames,
-        "action_seed": seed, "results": results, "revisit": revisits,
+        "action_seed": seed, "env": env, "results": results, "revisit": revisits,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_report(summary))

@@ -63,6 +63,8 @@ COLLECT = ["collect", "--episodes", 1, "--steps", 1]
         (["bench", "model", "--batch-sizes", 0], "argument --batch-sizes: must be a positive integer, got '0'"),
         (["bench", "env", "--num-envs", 0], "argument --num-envs: must be a positive integer, got '0'"),
         (["bench", "env", "--steps", 0], "argument --steps: must be a positive integer, got '0'"),
+        (["bench", "env", "--dtypes", "float64"],
+         "argument --dtypes: invalid choice: 'float64' (choose from 'float32', 'bfloat16', 'float16')"),
         ([*COLLECT, "--seed", -1], "argument --seed: must be a non-negative integer, got '-1'"),
         (["collect", "--episodes", 0, "--steps", 1], "argument --episodes: must be a positive integer, got '0'"),
         (["collect", "--episodes", 1, "--steps", 0], "argument --steps: must be a positive integer, got '0'"),

@@ -81,6 +81,9 @@ def test_bench_env(tmp_path, capsys):
     assert result["vector_speedup"] == pytest.approx(result["vector2_fps"] / result["env_fps"], rel=0.02)
     assert result["ratio_to_sim"] == pytest.approx(result["env_fps"] / result["sim_env_fps"], rel=0.02)
     assert "profile" not in result
+    assert set(result["dtypes"]) == {"float32", "bfloat16"}  # both measured in this run, float32 at the top level
+    assert result["env_fps"] == result["dtypes"]["float32"]["env_fps"] and result["dtypes"]["bfloat16"]["env_fps"] > 0
+    assert result["fastest_dtype"] == max(result["dtypes"], key=lambda d: result["dtypes"][d]["env_fps"])
 
 
 def test_bench_env_profile_breaks_a_step_into_parts(tmp_path, capsys):
@@ -90,7 +93,8 @@ def test_bench_env_profile_breaks_a_step_into_parts(tmp_path, capsys):
     checkpoint = DeepVerse(tiny_config(render_cache=True, sampler=dict(steps=1), refiner_overrides={"width": 8}))
     checkpoint = checkpoint.save_pretrained(tmp_path / "tiny")
     result = run(capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 7, "--profile",
-                 "--out", tmp_path / "b.json")
+                 "--dtypes", "float32", "--out", tmp_path / "b.json")
+    assert set(result["dtypes"]) == {"float32"}
     for label in ("env", "vector2"):
         p = result["profile"][label]
         assert p["steps"] == 8  # the warm-up step and 7 timed ones

@@ -339,3 +339,39 @@ def test_streamed_decode_equals_whole_decode(name):
         streamed = torch.cat([p[key] for p in parts], dim=1)
         assert streamed.shape == whole[key].shape == (2, 1 + 3 * 2, 3 if key == "rgb" else 1, 12, 8)
         assert torch.allclose(streamed, whole[key], atol=1e-5), key
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (3, (1, 1, 1), (0, 1, 1)),  # CausalConv3d
+    (3, (1, 2, 2), (0, 1, 1)),  # Downsample's strided conv
+    ((2, 1, 1), (2, 1, 1), 0),  # Downsample's time merge
+    (1, 1, 0),                  # skip and time split
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3d_equals_torchs_conv3d(kernel, stride, padding, channels_last):
+    """The codec's Conv3d (a 2D convolution over time-unfolded frames) gives nn.Conv3d's output and gradients,
+    from its parameters, whatever the input's memory layout."""
+    from world_model.codec import Conv3d
+
+    torch.manual_seed(0)
+    ours = Conv3d(5, 7, kernel, stride=stride, padding=padding)
+    ref = torch.nn.Conv3d(5, 7, kernel, stride=stride, padding=padding)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 5, 6, 9, 8)  # (B, C, T, H, W)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, y_ref = ours(x1), ref(x2)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_conv3d_refuses_time_padding():
+    from world_model.codec import Conv3d
+
+    with pytest.raises(ValueError, match="time padding"):
+        Conv3d(2, 2, 3, padding=1)

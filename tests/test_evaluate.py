@@ -20,8 +20,9 @@ def grounded_checkpoint(tmp_path_factory):
 def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(grounded_checkpoint), "--seeds", "2000000:2000002", "--frames", "8",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--no-progress", "--env", "carry_decoder=false"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["env"] == {"carry_decoder": False}
     assert set(summary["results"]) == {"grounded", "paper path"}
     for start in ("4d", "image"):
         rows = summary["results"]["grounded"][start]
@@ -42,6 +43,10 @@ def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, caps
         (["--seeds", "a-b"], "--seeds must be A:B or a comma-separated list"),
         (["--starts", "video"], "--starts must name 4d and/or image"),
         (["--checkpoint", "nowhere"], "nowhere"),
+        (["--env", "dtype"], "argument --env: must be KEY=VALUE, got 'dtype'"),
+        (["--env", "colour=red"], "env options \\['colour'\\] are not settings of the learned env"),
+        (["--env", "render_cache=false"], "env options \\['render_cache'\\] are not settings"),
+        (["--env", "use_memory=maybe"], "use_memory must be True or False, got 'maybe'"),
     ],
 )
 def test_eval_bad_arguments(args, message, grounded_checkpoint, tmp_path, capsys):

@@ -296,3 +296,30 @@ def test_a_slide_keeps_the_window_in_the_body_world(tiny_model):
         make(tiny_model, 1, room_height=1.0)
     with pytest.raises(ValueError, match="body_slack must be a finite number >= 1, got 0.5"):
         make(tiny_model, 1, body_slack=0.5)
+
+
+def test_a_slide_carries_the_decoder_state_instead_of_decoding_the_window_again(tiny_model, monkeypatch):
+    """carry_decoder (the default): a step decodes its new chunk only, slide or not; the state the next chunk
+    continues from is the one its predecessor left. carry_decoder=False decodes the new window again at each
+    slide to rebuild it. The two agree until the first slide."""
+    codec = tiny_model.codec
+    original = codec.decode_stream
+    runs, calls = {}, {}
+    for carry in (True, False):
+        decoded = []
+        monkeypatch.setattr(codec, "decode_stream", lambda z, s, _d=decoded: _d.append(z.shape[1]) or original(z, s))
+        r = make(tiny_model, 2, seed=3, cache_max=3, carry_decoder=carry)  # keep 2: a slide every 2nd step from the 3rd
+        r.reset(*first_frames(2))
+        decoded.clear()
+        runs[carry] = []
+        for _ in range(6):
+            runs[carry].append(r.step(WALK[:2]))
+        calls[carry] = list(decoded)
+    assert calls[True] == [1] * 6  # one latent frame (the new chunk) a step
+    assert calls[False] == [1, 1, 1, 2, 1, 1, 2, 1]  # + the kept window (2 latent frames) at the slides of steps 3, 5
+    for step in range(3):  # the chunk of step 3 is made before its slide
+        torch.testing.assert_close(runs[True][step]["rgb"], runs[False][step]["rgb"], atol=0, rtol=0)
+    for chunk in runs[True]:
+        assert all(torch.isfinite(chunk[k].float()).all() for k in ("rgb", "depth", "pose"))
+    with pytest.raises(ValueError, match="carry_decoder must be True or False, got 'yes'"):
+        make(tiny_model, 1, carry_decoder="yes")

@@ -212,8 +212,42 @@ class Codec(nn.Module, ABC):
 
 
 # --------------------------------------------------------------------------------------------------
-# Causal 3D building blocks. Inside the VAE, tensors are (B, C, T, H, W), as Conv3d wants.
+# Causal 3D building blocks. Inside the VAE, tensors are (B, C, T, H, W), as Conv3d wants, stored channels-last
+# (memory order B, T, H, W, C), the layout in which ``Conv3d`` runs fastest on the CPU.
 # --------------------------------------------------------------------------------------------------
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters, same result) computed as one 2D convolution over time-unfolded frames.
+
+    On the CPU PyTorch runs a 3D convolution through its reference kernel (``slow_conv3d_forward``; no oneDNN
+    path), 8x slower than the 2D convolution that does the same work: each output frame's ``kt`` input frames are
+    stacked in channels and convolved with the kernel's taps stacked the same way. Time padding must be 0 (the
+    causal blocks pad themselves); space is padded and strided as in ``nn.Conv3d``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.padding[0] != 0 or self.dilation != (1, 1, 1) or self.groups != 1 or self.padding_mode != "zeros":
+            raise ValueError("Conv3d here takes no time padding, dilation, groups or padding mode")
+
+    def forward(self, x: Tensor) -> Tensor:
+        kt, st = self.kernel_size[0], self.stride[0]
+        B, C, T, H, W = x.shape
+        x = x.permute(0, 2, 3, 4, 1)  # (B, T, H, W, C): a view of a channels-last input (the codec's layout)
+        if kt == st == 1:
+            T_out, taps = T, x.reshape(B * T, H, W, C)
+        else:
+            taps = x.unfold(1, kt, st)  # (B, T_out, H, W, C, kt)
+            T_out = taps.shape[1]
+            taps = taps.transpose(-1, -2).reshape(B * T_out, H, W, kt * C)  # each frame's taps, tap-major
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, kt * C, *self.kernel_size[1:])
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        # channels-last in and out: oneDNN's fast layout (2-3x the default's speed at batch 16 here)
+        y = F.conv2d(taps.permute(0, 3, 1, 2), weight, self.bias, self.stride[1:], self.padding[1:])  # (B T_out, C_out, H', W')
+        return y.unflatten(0, (B, T_out)).transpose(1, 2)  # (B, C_out, T_out, H', W')
 
 
 class DecoderStream:
@@ -255,13 +289,13 @@ class CausalConv3d(nn.Module):
         super().__init__()
         self.time_pad = kernel - 1
         pad = kernel // 2
-        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=(1, stride, stride), padding=(0, pad, pad))
+        self.conv = Conv3d(c_in, c_out, kernel, stride=(1, stride, stride), padding=(0, pad, pad))
 
     def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
         if stream is not None and self in stream.cache:
             past = stream.cache[self]
         else:
-            past = x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
+            past = torch.cat([x[:, :, :1]] * self.time_pad, dim=2)  # (B, C, time_pad, H, W), channels-last as x
         x = torch.cat([past, x], dim=2)  # (B, C, time_pad + T, H, W)
         if stream is not None:
             stream.cache[self] = x[:, :, -self.time_pad :]
@@ -304,7 +338,7 @@ class ResBlock(nn.Module):
         self.conv1 = CausalConv3d(c_in, c_out)
         self.norm2 = norm(c_out)
         self.conv2 = CausalConv3d(c_out, c_out)
-        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)), stream)
@@ -318,7 +352,7 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, time: bool):
         super().__init__()
         self.conv = CausalConv3d(channels, channels, stride=2)
-        self.time_merge = nn.Conv3d(channels, channels, (2, 1, 1), stride=(2, 1, 1)) if time else None
+        self.time_merge = Conv3d(channels, channels, (2, 1, 1), stride=(2, 1, 1)) if time else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)  # (B, C, T, H / 2, W / 2)
@@ -333,7 +367,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, time: bool):
         super().__init__()
-        self.time_split = nn.Conv3d(channels, 2 * channels, 1) if time else None
+        self.time_split = Conv3d(channels, 2 * channels, 1) if time else None
         self.conv = CausalConv3d(channels, channels)
 
     def forward(self, x: Tensor, stream: DecoderStream | None = None) -> Tensor:
@@ -461,8 +495,8 @@ class _Encoder(nn.Module):
         self.linear = BlockMeanEncoder(config, in_channels, latent_channels) if config.linear_path else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.layers(x.transpose(1, 2))  # (B, 2 C_latent, T', h, w)
-        mean, logvar = h.transpose(1, 2).chunk(2, dim=2)  # (B, T', C_latent, h, w) each
+        h = self.layers(x.transpose(1, 2).contiguous(memory_format=CHANNELS_LAST))  # (B, 2 C_latent, T', h, w)
+        mean, logvar = h.transpose(1, 2).contiguous().chunk(2, dim=2)  # (B, T', C_latent, h, w) each
         if self.linear is not None:
             mean = mean + self.linear(x)
         return mean, logvar.clamp(-30.0, 20.0)
@@ -490,10 +524,10 @@ class _Decoder(nn.Module):
 
     def forward(self, z: Tensor, stream: DecoderStream | None = None) -> Tensor:
         first = stream is None or not stream.started
-        x = z.transpose(1, 2)  # (B, C_latent, T', h, w)
+        x = z.transpose(1, 2).contiguous(memory_format=CHANNELS_LAST)  # (B, C_latent, T', h, w)
         for layer in self.layers:
             x = layer(x, stream) if isinstance(layer, (CausalConv3d, ResBlock, Upsample)) else layer(x)
-        x = x.transpose(1, 2)  # (B, T, C_out, H, W)
+        x = x.transpose(1, 2).contiguous()  # (B, T, C_out, H, W)
         return x if self.linear is None else x + self.linear(z, first)
 
 

@@ -16,7 +16,8 @@ next latent frame from the window (its last m frames) with two-condition guidanc
 and the chunk's frames returned in metres, with poses and intrinsics recovered from the predicted
 raymaps. When the window would exceed ``cache_max`` it slides (Algorithm 1): the frames that leave are
 stored in memory, the last ``keep`` latent frames' decoded frames are re-normalised by the first of them
-(new anchor, new scale from its depth) and re-encoded, and generation continues.
+(new anchor, new scale from its depth) and re-encoded, and generation continues. The codec's decoder keeps its
+causal state (``DecoderStream``) across the slide (``carry_decoder``): each step decodes only its new chunk.
 
 The 3D cache (M18, ``render_cache``: the start frame and the last keyframes as points in the episode frame,
 ``world_model.cache``) serves two parts of a model. A refiner refines the decoded colours against the cache
@@ -67,6 +68,9 @@ class RolloutConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
     dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
+    carry_decoder: bool = True  # at a slide, carry each world's decoder state (the causal convolutions' last frames,
+                                # those of the chunk just decoded) into the new window; False rebuilds it by decoding
+                                # the new window's re-encoded latents again (2x the codec's work per slide; see _append)
     max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
     scale_quantile: float = 0.01  # share of nearest generated depth pixels a slide ignores when it rescales
     fixed_intrinsics: bool = True  # every frame keeps the start frame's intrinsics (no action zooms; see _generate)
@@ -173,7 +177,7 @@ class Rollout:
             raise ValueError(f"max_rescale must be > 1, got {c.max_rescale!r}")
         if not 0.0 <= c.scale_quantile < 0.5:
             raise ValueError(f"scale_quantile must be in [0, 0.5), got {c.scale_quantile!r}")
-        for name in ("fixed_intrinsics", "level_camera"):
+        for name in ("fixed_intrinsics", "level_camera", "carry_decoder"):
             if not isinstance(getattr(c, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
         if not 0.0 < c.max_pitch_deg <= 90.0:
@@ -611,9 +615,10 @@ class Rollout:
         )
         with self._net():
             latents = self.model.encode(normalize_frames(kept, anchor, scale)).float()  # (b, keep, C, h, w)
-            stream = DecoderStream()
-            self.model.codec.decode_stream(latents, stream)  # the new window's decoder state
-        self.stream.update(idx, stream)
+            if not self.config.carry_decoder:
+                stream = DecoderStream()
+                self.model.codec.decode_stream(latents, stream)  # the new window's decoder state, rebuilt
+                self.stream.update(idx, stream)
         self.latents[idx] = 0
         self.latents[idx, : self.keep] = latents
         self.frames[idx] = self._blank_frames(self.frames.shape[1], len(idx))

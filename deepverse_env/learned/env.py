@@ -117,6 +117,7 @@ class DeepVerseEnv(gym.Env):
     | `map_points`      | 50000     | points kept of the predicted cloud (map and ``.ply``)       |
     | `device`          | "cpu"     | where the model runs                                        |
     | `dtype`           | "float32" | "bfloat16" / "float16": autocast compute                    |
+    | `carry_decoder`   | True      | decoder state carried across a slide (False: rebuilt)       |
     | `imagine_chunk`   | 64        | candidates per batched rollout of ``imagine`` (peak memory)  |
 
     Memory is bounded and allocated up front (``LearnedWorld.nbytes`` reports it): per world

@@ -51,6 +51,7 @@ class LearnedEnvConfig:
     map_points: int = 50_000  # predicted points kept per world (render map, .ply): a uniform sample
     device: str = "cpu"  # where the model runs
     dtype: str = "float32"  # compute dtype; "bfloat16" / "float16" run the model under torch.autocast
+    carry_decoder: bool = True  # the codec decoder's state carried across a window slide (False: rebuilt, 2x its work)
     imagine_chunk: int = 64  # candidates per batched rollout of imagine: bounds its peak memory (see imagine)
 
     def __post_init__(self):
@@ -58,7 +59,7 @@ class LearnedEnvConfig:
         normalised to ``int`` (numpy integers are accepted). The others are checked where they are used:
         ``action_set`` (get_action_set), ``sampler`` (SamplerConfig.merged), ``reward`` / ``termination``
         (Hooks), ``starts``, ``frames_per_step`` and ``dtype`` (LearnedWorld), ``device`` (torch)."""
-        for name in ("text_actions", "use_memory", "render_cache", "embodied"):
+        for name in ("text_actions", "use_memory", "render_cache", "embodied", "carry_decoder"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -188,7 +189,7 @@ class LearnedWorld:
         self.generator = torch.Generator(self.device)
         rollout_config = RolloutConfig(
             cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
-            memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype,
+            memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype, carry_decoder=c.carry_decoder,
             # embodied=False: the cameras as the raymaps predict them, units re-anchored on predicted depth
             fixed_intrinsics=c.embodied, level_camera=c.embodied, **({} if c.embodied else {"metric_anchor": 0.0}),
         )
