@@ -4,7 +4,9 @@ the weights before the 3D-cache refiner was added), pinned in ``tests/data/pinne
 The pin was written before the structure change of issue 11 (sampler config, condition object, state
 module, learned-env split) and reproduced bit for bit after it, on the machine that wrote it. It was
 rewritten when the embodied camera became the default (issue 16: start intrinsics, a level camera, the
-metric anchor); with ``embodied=False`` the old pin was reproduced within float noise. Another CPU
+metric anchor); with ``embodied=False`` the old pin was reproduced within float noise. It was rewritten again
+when the decoder state began to be carried across a window slide (issue 15, ``carry_decoder``); with
+``carry_decoder=False`` the old pin was reproduced within float noise (RGB within 1 level). Another CPU
 may round a few operations differently, so the test allows float noise (and says when it is not exact).
 Rewrite the pin only for a change that is meant to change the frames:
 

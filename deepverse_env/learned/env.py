@@ -118,7 +118,7 @@ class DeepVerseEnv(gym.Env):
     | `device`          | "cpu"     | where the model runs                                        |
     | `dtype`           | "float32" | "bfloat16" / "float16": autocast compute                    |
     | `carry_decoder`   | True      | decoder state carried across a slide (False: rebuilt)       |
-    | `imagine_chunk`   | 64        | candidates per batched rollout of ``imagine`` (peak memory)  |
+    | `imagine_chunk`   | 16        | candidates per batched rollout of ``imagine`` (peak memory)  |
 
     Memory is bounded and allocated up front (``LearnedWorld.nbytes`` reports it): per world
     ``cache_max`` latent frames, ``1 + (cache_max - 1) * F`` decoded frames, ``memory_capacity``
