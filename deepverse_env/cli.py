@@ -360,7 +360,7 @@ def run_eval(args: argparse.Namespace) -> dict:
         return evaluate(
             out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
             compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
-            env=dict(args.env),
+            env=dict(args.env), revisit_steps=args.revisit_steps,
         )
 
 
@@ -370,9 +370,11 @@ def add_eval(subparsers) -> None:
         help="score open-loop rollouts against the simulator on held-out worlds, beside copy-first and warp",
         description="Roll the learned world and the simulator with the same seeded random actions from each world's "
         "4D first frame and from its RGB alone; write per-frame PSNR, SSIM, sharpness, depth and camera errors beside "
-        "copy-first and warp-with-true-motion (metrics.json, report.md, one PNG plot per metric, frame strips), with the "
-        "grounded path (3D cache) beside the paper path when the model uses it (a refiner or a render frame), and an "
-        "out-and-back revisit.",
+        "copy-first and warp-with-true-motion, and the rollout's self-consistency (each frame warped with the predicted "
+        "depth and cameras into the next: consistency_4d PSNR, temporal_consistency SSIM, beside the true frames') "
+        "(metrics.json, report.md, one PNG plot per metric, frame strips), with the grounded path (3D cache) beside the "
+        "paper path when the model uses it (a refiner or a render frame), and a revisit suite (out and back, a full "
+        "turn, a loop; memory on and off) scoring the returning view against the truth and the view first seen.",
     )
     p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
     p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")
@@ -386,6 +388,10 @@ def add_eval(subparsers) -> None:
         "--env", type=key_value, action="append", default=[], metavar="KEY=VALUE",
         help="a setting of the learned env (DeepVerse-v0 keyword, value in YAML), repeatable: e.g. --env dtype=bfloat16 "
         "--env carry_decoder=false --env use_memory=false",
+    )
+    p.add_argument(
+        "--revisit-steps", type=positive_int, default=60,
+        help="cap on each revisit trajectory in env steps (default 60: all three fit whole at 4 frames a step)",
     )
     p.add_argument("--out", type=Path, default=Path("eval"), help="output directory (default ./eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -1,20 +1,47 @@
 """``deepverse eval``: open-loop rollouts of the learned world against the simulator on held-out worlds (M15).
 
     deepverse eval --out eval/                          # shipped model, 8 test worlds, 60 frames, both starts
-    deepverse eval --checkpoint DIR --seeds 2000000:2000016 --frames 120 --no-render-cache
+    deepverse eval --checkpoint DIR --seeds 2000000:2000016 --frames 120 --no-paper-path
 
 For every world of ``--seeds`` (held out: training uses seeds 0.., validation 1,000,000.., test 2,000,000..)
 the learned world (``DeepVerse-v0``) and the simulator take the same seeded random action script, from
 
 - ``4d``: the simulator's first frame with its exact depth and intrinsics (what planners re-sync from);
 - ``image``: its RGB alone (first-frame completion: depth and camera generated, in units of 1 m, so only
-  the RGB and rotation metrics are scored).
+  the RGB, rotation and scale-free self-consistency metrics are scored).
 
 Per frame of the horizon (1..frames) the mean over worlds of PSNR, SSIM, sharpness ratio (mean |Laplacian| of
 predicted ÷ true luminance), depth AbsRel and δ<1.25, camera rotation and translation error, beside the
 trivial baselines ``copy_first`` (the start frame held) and ``warp`` (the start frame forward-splatted with its
-true depth into the true cameras). The **revisit** episode walks out and back (the demo's tour) and scores the
-returning view against the truth.
+true depth into the true cameras). A ``copy_last`` baseline (the last real frame held) is left out: an open-loop
+rollout from one start frame has no later real frame, so it would equal ``copy_first``.
+
+The model's rollout is also scored against itself (``metrics.self_consistency``; the start frame is frame 0, so
+frame 1 is the pair 0 -> 1), with the true frames as the reference row ``truth``:
+
+- ``consistency_4d``: frame t forward-splatted with the predicted depth, intrinsics and camera into the predicted
+  camera of frame t+1, PSNR against the predicted frame t+1 on the covered (co-visible) pixels. Scale-free, so
+  it is scored for the ``image`` start too. Averaged over worlds as the PSNR of the mean covered MSE: a move the
+  simulator blocks gives two identical true frames (100 dB), which a mean of decibels would let one world swamp.
+- ``temporal_consistency``: SSIM of the same warped pair on the covered pixels (a feature-free stand-in for
+  VBench's subject / background consistency; why warped, see ``self_consistency``).
+- ``consistency_coverage`` (metrics.json only): the covered fraction both were computed on.
+
+A frozen world scores perfectly on both, so they are read beside the accuracy metrics. The baselines get none:
+``copy_first`` is one frame held (trivially consistent), ``warp`` is the truth's cameras over one frame.
+
+The **revisit** suite starts from the 4D start of each of the first ``REVISIT_WORLDS`` worlds and walks three
+scripted trajectories of the basic action set (counts from its step length and turn angle; each capped at
+``revisit_steps`` env steps, 60 by default, which all three fit whole at 4 frames per step):
+
+- ``out_and_back``: forward ``OUT_M``, turn 180°, forward back, turn 180° (the demo's tour at 4 frames a step);
+- ``full_turn``: turn left on the spot through 360°;
+- ``loop``: four times forward ``OUT_M`` and turn left 90° (corners rounded to whole steps, 360° in all).
+
+Each runs with the spatial memory on and off (``use_memory``, overriding an ``env`` setting of it), and its
+returning view (the last frame) is scored against the truth (``frame_metrics``) and against the view first seen
+(the true start frame); the true returning view against the true start frame is the reference (``truth``; it is
+also what holding the start frame would score). Means over the worlds.
 
 Writes ``metrics.json``, ``report.md``, one PNG plot per metric against the horizon (matplotlib) and
 ``frames-<start>-<path>.png`` (predicted above true frames of the first world), and returns the summary.
@@ -22,6 +49,7 @@ Writes ``metrics.json``, ``report.md``, one PNG plot per metric against the hori
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,15 +57,18 @@ import torch
 from tqdm.auto import tqdm
 
 from deepverse_env.actions import get_action_set
-from deepverse_env.learned.env import DeepVerseEnv
 from deepverse_env.learned.vector_env import DeepVerseVectorEnv
 from deepverse_env.learned.world import load_model
 from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
 from world_model import metrics as M
 
 MOVES = ("forward", "backward", "left", "right", "turn_left", "turn_right")  # the random scripts
-TOUR = ("forward",) * 6 + ("turn_left",) * 15 + ("forward",) * 6 + ("turn_left",) * 15  # out and back
-SHOWN = ("psnr", "ssim", "sharpness", "depth_abs_rel", "rot_err_deg", "trans_err_m")
+SHOWN = (
+    "psnr", "ssim", "sharpness", "depth_abs_rel", "rot_err_deg", "trans_err_m", "consistency_4d", "temporal_consistency"
+)
+CONSISTENCY = ("consistency_4d", "temporal_consistency", "consistency_coverage")  # metrics.self_consistency's keys
+REVISIT_WORLDS = 4  # the revisit suite runs on the first this many worlds of --seeds
+OUT_M = 2.0  # metres walked out (and along each side of the loop) by the revisit trajectories
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -76,20 +107,25 @@ def check_env_options(env: dict | None) -> dict:
     return env
 
 
+FRAME = ("rgb", "depth", "pose", "intrinsics")  # the observation keys
+
+
 def _frames(info: dict) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(info["frames"][k])) for k in ("rgb", "depth", "pose")}  # (N, F, ...)
+    return {k: torch.from_numpy(np.asarray(info["frames"][k])) for k in FRAME}  # (N, F, ...)
 
 
 def rollout(
     model, seeds: list[int], scripts: np.ndarray, start: str, render_cache: bool, progress: bool, env: dict | None = None
 ) -> dict:
-    """Predicted and true frames (N, L * F, ...) and the start frames (N, ...) of one batched open-loop rollout;
-    ``env``: more keyword arguments of the learned env (``LearnedEnvConfig``)."""
+    """One batched open-loop rollout: predicted and true frames (N, L * F, ...), the true start frames ``first``
+    and the learned world's own start frames ``start`` (N, ...; for an ``image`` start its completed depth and
+    camera), each a dict of the observation keys; ``env``: more keyword arguments of the learned env
+    (``LearnedEnvConfig``)."""
     N = len(seeds)
     envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, **(env or {}))
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)
     first, _ = sims.reset(seed=seeds)
-    envs.reset(seed=seeds, options={"image": first["rgb"]} if start == "image" else None)
+    start_obs, _ = envs.reset(seed=seeds, options={"image": first["rgb"]} if start == "image" else None)
     pred, true = [], []
     for step in tqdm(scripts.T, desc=f"eval {start}{'' if render_cache else ' (paper path)'}", disable=not progress):
         *_, info = envs.step(step)
@@ -97,12 +133,32 @@ def rollout(
         pred.append(_frames(info))
         true.append(_frames(truth))
     cat = lambda parts: {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}  # noqa: E731
-    first_frames = {k: torch.from_numpy(v) for k, v in first.items()}
-    return {"pred": cat(pred), "true": cat(true), "first": first_frames}
+    tensors = lambda obs: {k: torch.from_numpy(obs[k]) for k in FRAME}  # noqa: E731
+    return {"pred": cat(pred), "true": cat(true), "first": tensors(first), "start": tensors(start_obs)}
+
+
+def _world_mean(metric: str, scores: torch.Tensor) -> list[float]:
+    """Per-frame mean over worlds of one metric's scores (N, T) -> T rounded floats. ``consistency_4d`` is
+    averaged as the PSNR of the mean MSE (identical frames score 100 dB); the self-consistency scores skip a
+    world whose pair covers no pixel (NaN), and stay NaN where no world covers one."""
+    if metric == "consistency_4d":
+        mean = -10.0 * torch.log10(torch.nanmean(10.0 ** (-scores / 10.0), dim=0))
+    elif metric in CONSISTENCY:
+        mean = torch.nanmean(scores.float(), dim=0)
+    else:
+        mean = scores.float().mean(0)
+    return [round(float(x), 4) for x in mean]
+
+
+def _consistency(start: dict, frames: dict) -> dict[str, list[float]]:
+    """``metrics.self_consistency`` of start frames (N, ...) followed by frames (N, T, ...), per-frame world means."""
+    seq = {k: torch.cat([start[k][:, None], frames[k]], dim=1) for k in FRAME}  # (N, T + 1, ...)
+    return {k: _world_mean(k, v) for k, v in M.self_consistency(seq).items()}
 
 
 def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
-    """{model, copy_first, warp} -> metric -> per-frame means over worlds (frames 1..L*F)."""
+    """{model, copy_first, warp, truth} -> metric -> per-frame means over worlds (frames 1..L*F); ``truth`` holds
+    the self-consistency of the true frames only (the reference of the model's)."""
     pred, true, first = run["pred"], run["true"], run["first"]
     T = true["rgb"].shape[1]
     copy = M.copy_last_frame({k: first[k] for k in ("rgb", "depth", "pose")}, T)
@@ -115,25 +171,60 @@ def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
         scores = M.frame_metrics(frames, true)  # each (N, T)
         if start == "image" and name == "model":
             scores.pop("trans_err_m")
-        out[name] = {k: [round(float(x), 4) for x in v.float().mean(0)] for k, v in scores.items()}
+        out[name] = {k: _world_mean(k, v) for k, v in scores.items()}
+    out["model"].update(_consistency(run["start"], pred))  # depth and cameras in the model's own units
+    out["truth"] = _consistency(first, true)
     return out
 
 
-def revisit(model, seed: int, render_cache: bool, env: dict | None = None) -> dict[str, float]:
-    """The out-and-back tour from the 4D start of world ``seed``: the returning view against the truth."""
-    env = DeepVerseEnv(checkpoint=model, render_cache=render_cache, **(env or {}))
-    sims = DeepVerseSimVectorEnv(1, height=env.height, width=env.width, frames_per_step=env.frames_per_step)
-    first, _ = sims.reset(seed=[seed])
-    env.reset(seed=seed)
-    for name in TOUR:
-        a = env.actions.index(name)
-        obs, *_ = env.step(a)
-        truth, *_ = sims.step(np.array([a]))
-    pred = {"rgb": torch.from_numpy(obs["rgb"]), "pose": torch.from_numpy(obs["pose"])}
-    true = {"rgb": torch.from_numpy(truth["rgb"][0]), "pose": torch.from_numpy(truth["pose"][0])}
-    model_scores = {k: round(float(v), 4) for k, v in M.frame_metrics(pred, true).items()}
-    held = {k: round(float(v), 4) for k, v in M.frame_metrics({"rgb": torch.from_numpy(first["rgb"][0])}, true).items()}
-    return {"model": model_scores, "copy_first": held}
+def revisit_trajectories(frames_per_step: int) -> dict[str, tuple[str, ...]]:
+    """The revisit suite's scripts as action names of the basic set, from its step length and turn angle at
+    ``frames_per_step`` frames per env step (at 4: 0.32 m and 12° a step, so 42, 30 and 54 steps)."""
+    actions = get_action_set("basic")
+    step = actions[actions.index("forward")].translation[2] * frames_per_step  # metres per env step
+    turn = actions[actions.index("turn_left")].yaw * frames_per_step  # radians per env step
+    turns = lambda angle: math.floor(angle / turn + 0.5)  # noqa: E731  steps turning through ``angle``, rounded
+    out = ("forward",) * math.floor(OUT_M / step + 0.5)
+    corners = [turns(k * math.pi / 2) - turns((k - 1) * math.pi / 2) for k in range(1, 5)]  # sum: one full turn
+    return {
+        "out_and_back": out + ("turn_left",) * turns(math.pi) + out
+        + ("turn_left",) * (turns(2 * math.pi) - turns(math.pi)),
+        "full_turn": ("turn_left",) * turns(2 * math.pi),
+        "loop": sum((out + ("turn_left",) * n for n in corners), ()),
+    }
+
+
+def _vs_first_view(rgb: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Views (N, H, W, 3) against the views first seen (N, H, W, 3): psnr_first_view, ssim_first_view, each (N,)."""
+    return {"psnr_first_view": M.psnr(rgb, first), "ssim_first_view": M.ssim(rgb, first)}
+
+
+def revisit_suite(
+    model, seeds: list[int], render_cache: bool, env: dict, max_steps: int = 60, progress: bool = False
+) -> dict[str, dict]:
+    """The revisit suite (module docstring) from the 4D starts of ``seeds``, each trajectory capped at ``max_steps``
+    env steps: trajectory -> {``steps``; ``memory on`` and ``memory off``: frame_metrics of the returning view
+    against the truth, and ``psnr_first_view`` / ``ssim_first_view`` against the true start frame; ``truth``: the
+    true returning view against the true start frame}, each score the mean over the worlds."""
+    actions = get_action_set("basic")
+    trajectories = {name: path[:max_steps] for name, path in revisit_trajectories(model.frames_per_chunk).items()}
+    bar = tqdm(total=2 * len(trajectories), desc=f"revisit{'' if render_cache else ' (paper path)'}",
+               disable=not progress)
+    means = lambda scores: {k: round(float(v.float().mean()), 4) for k, v in scores.items()}  # noqa: E731  (N,) -> mean
+    out = {}
+    for name, path in trajectories.items():
+        script = np.array([[actions.index(a) for a in path]] * len(seeds))  # (N, L)
+        out[name] = {"steps": len(path)}
+        for memory in (True, False):
+            run = rollout(model, seeds, script, "4d", render_cache, False, {**env, "use_memory": memory})
+            pred, true = ({k: v[:, -1] for k, v in run[s].items()} for s in ("pred", "true"))  # (N, ...) last views
+            out[name][f"memory {'on' if memory else 'off'}"] = means(
+                {**M.frame_metrics(pred, true), **_vs_first_view(pred["rgb"], run["first"]["rgb"])}
+            )
+            bar.update()
+        out[name]["truth"] = means(_vs_first_view(true["rgb"], run["first"]["rgb"]))  # the same with memory on or off
+    bar.close()
+    return out
 
 
 def _plots(results: dict, out: Path) -> list[str]:
@@ -185,20 +276,29 @@ def _report(summary: dict) -> str:
                     if metric in scores:
                         lines.append(f"| {name} | {metric} | " + " | ".join(f"{scores[metric][h - 1]:.3f}" for h in marks) + " |")
             lines.append("")
-    lines += ["## Revisit (out and back, the returning view against the truth)", "", "| path | row | PSNR | SSIM | sharpness |", "|---|---|---|---|---|"]
-    for label, r in summary["revisit"].items():
-        for name, s in r.items():
-            lines.append(f"| {label} | {name} | {s['psnr']:.2f} | {s['ssim']:.3f} | {s['sharpness']:.3f} |")
+    lines += [
+        f"## Revisit (worlds {summary['revisit_worlds']}: the returning view against the truth and against the view "
+        "first seen; truth: the true returning view against the true start)", "",
+        "| path | trajectory | steps | row | PSNR | SSIM | sharpness | PSNR vs first view |", "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, suite in summary["revisit"].items():
+        for name, r in suite.items():
+            for row in ("memory on", "memory off"):
+                s = r[row]
+                lines.append(f"| {label} | {name} | {r['steps']} | {row} | {s['psnr']:.2f} | {s['ssim']:.3f} | "
+                             f"{s['sharpness']:.3f} | {s['psnr_first_view']:.2f} |")
+            lines.append(f"| {label} | {name} | {r['steps']} | truth | | | | {r['truth']['psnr_first_view']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
 def run_eval(
     out: str | Path, checkpoint: str | Path | None = None, seeds: str = "2000000:2000008", frames: int = 60,
     starts: tuple[str, ...] = ("4d", "image"), compare_paper_path: bool = True, seed: int = 0, progress: bool = True,
-    env: dict | None = None,
+    env: dict | None = None, revisit_steps: int = 60,
 ) -> dict:
     """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints. ``env``: more
-    keyword arguments of the learned env (``LearnedEnvConfig`` fields, e.g. ``{"dtype": "bfloat16"}``)."""
+    keyword arguments of the learned env (``LearnedEnvConfig`` fields, e.g. ``{"dtype": "bfloat16"}``);
+    ``revisit_steps``: the cap on each revisit trajectory in env steps (a smaller one cuts them short)."""
     world_seeds = parse_seeds(seeds)  # the arguments are checked before the model loads
     env = check_env_options(env)
     bad = sorted(set(starts) - {"4d", "image"})
@@ -206,6 +306,8 @@ def run_eval(
         raise ValueError(f"--starts must name 4d and/or image, got {list(starts)}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if isinstance(revisit_steps, bool) or not isinstance(revisit_steps, (int, np.integer)) or revisit_steps < 1:
+        raise ValueError(f"--revisit-steps must be a positive integer, got {revisit_steps!r}")
     model = load_model(checkpoint)
     tf = model.frames_per_chunk
     if isinstance(frames, bool) or int(frames) != frames or frames < tf or frames % tf:
@@ -226,10 +328,13 @@ def run_eval(
             run = rollout(model, world_seeds, scripts, start, cache, progress, env)
             results[label][start] = horizon_metrics(run, start)
             _strip(run, out / f"frames-{start}-{label.replace(' ', '-')}.png")
-    revisits = {label: revisit(model, world_seeds[0], cache, env) for label, cache in paths.items()}
+    revisit_seeds = world_seeds[:REVISIT_WORLDS]
+    revisits = {
+        label: revisit_suite(model, revisit_seeds, cache, env, revisit_steps, progress) for label, cache in paths.items()
+    }
     summary = {
         "checkpoint": "shipped" if checkpoint is None else str(checkpoint), "seeds": seeds, "frames": frames,
-        "action_seed": seed, "env": env, "results": results, "revisit": revisits,
+        "action_seed": seed, "env": env, "results": results, "revisit_worlds": revisit_seeds, "revisit": revisits,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_report(summary))

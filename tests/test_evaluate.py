@@ -1,12 +1,14 @@
-"""``deepverse eval``: per-horizon scores beside the baselines, both starts, both paths, clear errors."""
+"""``deepverse eval``: per-horizon scores beside the baselines, self-consistency, both starts, both paths, the
+revisit suite, clear errors."""
 import json
+import math
 import re
 
 import pytest
 
 from conftest import perturb_zero_init, tiny_config
 from deepverse_env.cli import main
-from deepverse_env.evaluate import parse_seeds
+from deepverse_env.evaluate import parse_seeds, revisit_trajectories
 from world_model.model import DeepVerse
 
 
@@ -20,19 +22,51 @@ def grounded_checkpoint(tmp_path_factory):
 def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(grounded_checkpoint), "--seeds", "2000000:2000002", "--frames", "8",
-                 "--out", str(out), "--no-progress", "--env", "carry_decoder=false"]) == 0
+                 "--out", str(out), "--no-progress", "--env", "carry_decoder=false", "--revisit-steps", "1"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["env"] == {"carry_decoder": False}
     assert set(summary["results"]) == {"grounded", "paper path"}
+    consistency = {"consistency_4d", "temporal_consistency", "consistency_coverage"}
     for start in ("4d", "image"):
         rows = summary["results"]["grounded"][start]
-        assert set(rows) == {"model", "copy_first", "warp"}
-        assert all(len(v) == 8 for v in rows["model"].values())
+        assert set(rows) == {"model", "copy_first", "warp", "truth"}
+        assert consistency <= set(rows["model"]) and set(rows["truth"]) == consistency  # an image start keeps them
+        assert not consistency & set(rows["copy_first"]) and not consistency & set(rows["warp"])
+        assert all(len(v) == 8 for row in ("model", "truth") for v in rows[row].values())
         assert ("trans_err_m" in rows["model"]) == (start == "4d")  # an image start has no metric scale
-    assert {"psnr", "sharpness"} <= set(summary["revisit"]["grounded"]["model"])
-    assert (out / "sharpness.png").stat().st_size > 0 and (out / "frames-image-grounded.png").exists()
-    assert "| copy_first | psnr |" in (out / "report.md").read_text()
+        assert all(0 < c <= 1 for c in rows["truth"]["consistency_coverage"])
+        assert all(10 < c <= 100 for c in rows["truth"]["consistency_4d"])
+    assert summary["revisit_worlds"] == [2000000, 2000001]
+    for suite in summary["revisit"].values():
+        assert set(suite) == {"out_and_back", "full_turn", "loop"}
+        for r in suite.values():
+            assert set(r) == {"steps", "memory on", "memory off", "truth"} and r["steps"] == 1  # capped
+            for row in ("memory on", "memory off"):
+                assert {"psnr", "ssim", "sharpness", "rot_err_deg", "psnr_first_view", "ssim_first_view"} <= set(r[row])
+            assert set(r["truth"]) == {"psnr_first_view", "ssim_first_view"}
+    for metric in ("sharpness", "consistency_4d", "temporal_consistency"):
+        assert (out / f"{metric}.png").stat().st_size > 0
+    assert (out / "frames-image-grounded.png").exists()
+    report = (out / "report.md").read_text()
+    assert "| copy_first | psnr |" in report and "| truth | consistency_4d |" in report
+    assert "| paper path | full_turn | 1 | memory off |" in report
     assert json.loads(capsys.readouterr().out)["report"] == str(out / "report.md")
+
+
+def test_revisit_trajectories_from_the_step_length_and_turn_angle():
+    """At 4 frames a step the basic set moves 0.32 m and turns 12 degrees: out 6 steps, a half turn 15, a quarter
+    turn 7.5 (rounded to 7 or 8 at each corner so the loop turns 360 degrees in all); every trajectory fits the
+    60-step cap."""
+    paths = revisit_trajectories(4)
+    forward, turn = ("forward",), ("turn_left",)
+    assert paths["out_and_back"] == forward * 6 + turn * 15 + forward * 6 + turn * 15  # the demo's tour
+    assert paths["full_turn"] == turn * 30
+    sides = "".join("f" if a == "forward" else "t" for a in paths["loop"]).split("f" * 6)  # ['', turns, ...]
+    assert sides[0] == "" and sorted(len(c) for c in sides[1:]) == [7, 7, 8, 8]
+    for frames_per_step in (4, 8):
+        for path in revisit_trajectories(frames_per_step).values():
+            assert len(path) <= 60
+            assert math.isclose(path.count("turn_left") * 3 * frames_per_step, 360)  # one full turn: back to the start heading
 
 
 @pytest.mark.parametrize(
@@ -47,6 +81,7 @@ def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, caps
         (["--env", "colour=red"], "env options \\['colour'\\] are not settings of the learned env"),
         (["--env", "render_cache=false"], "env options \\['render_cache'\\] are not settings"),
         (["--env", "use_memory=maybe"], "use_memory must be True or False, got 'maybe'"),
+        (["--revisit-steps", "0"], "argument --revisit-steps: must be a positive integer, got '0'"),
     ],
 )
 def test_eval_bad_arguments(args, message, grounded_checkpoint, tmp_path, capsys):

@@ -1,9 +1,12 @@
-"""Quality against the ground truth (M15): image, depth and camera errors, and the trivial baselines.
+"""Quality against the ground truth (M15): image, depth and camera errors, the trivial baselines, and the
+self-consistency of a predicted 4D sequence.
 
 Every metric is per frame and batched over leading dims, so callers can average per horizon. Numbers
 only mean something beside the baselines here: ``copy_last_frame`` (predict nothing moves) and
 ``warp_with_true_motion`` (forward-splat the last real frame with its true depth into the true next
 cameras: the best a model that knew the motion but not the unseen content could do without inpainting).
+``self_consistency`` needs no truth: it asks whether a sequence's frames agree with its own depth and cameras
+(score the true frames with it too, as the reference).
 """
 from __future__ import annotations
 
@@ -20,25 +23,37 @@ def _unit(rgb: Tensor) -> Tensor:
     return rgb.float() / 255.0 if rgb.dtype == torch.uint8 else rgb.float()
 
 
-def psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio in dB of RGB frames (..., H, W, 3) -> (...,)."""
-    mse = (_unit(pred) - _unit(target)).pow(2).mean(dim=(-3, -2, -1))
+def _pixel_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of per-pixel values (..., H, W) over all pixels, or over those where ``mask`` (..., H, W) is True
+    -> (...,); NaN where the mask is empty (a score of no pixel is undefined, not perfect)."""
+    if mask is None:
+        return x.mean(dim=(-2, -1))
+    m = mask.to(x.dtype)
+    return (x * m).sum(dim=(-2, -1)) / m.sum(dim=(-2, -1))  # 0 / 0 = NaN where nothing is covered
+
+
+def psnr(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Peak signal-to-noise ratio in dB of RGB frames (..., H, W, 3) -> (...,), over all pixels or over those
+    where ``mask`` (..., H, W) is True (NaN for an empty mask); identical frames score 100 dB."""
+    mse = _pixel_mean((_unit(pred) - _unit(target)).pow(2).mean(-1), mask)  # (...,)
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
-def ssim(pred: Tensor, target: Tensor) -> Tensor:
+def ssim(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """Structural similarity of RGB frames (..., H, W, 3) -> (...,) (torchmetrics, Gaussian 11x11 window
-    shrunk to fit small images)."""
+    shrunk to fit small images, reflection-padded borders): the mean of the per-pixel SSIM map over all pixels,
+    or over those where ``mask`` (..., H, W) is True (NaN for an empty mask). Windows centred on a masked pixel
+    still see its unmasked neighbours."""
     p, t = _unit(pred), _unit(target)
     lead = p.shape[:-3]
     H, W = p.shape[-3:-1]
     k = min(11, H - (1 - H % 2), W - (1 - W % 2))  # odd and no larger than the image
     p = p.reshape(-1, H, W, 3).permute(0, 3, 1, 2)
     t = t.reshape(-1, H, W, 3).permute(0, 3, 1, 2)
-    out = structural_similarity_index_measure(
-        p, t, data_range=1.0, kernel_size=k, sigma=1.5 * k / 11, reduction="none"
-    )
-    return out.reshape(lead)
+    _, image = structural_similarity_index_measure(
+        p, t, data_range=1.0, kernel_size=k, sigma=1.5 * k / 11, reduction="none", return_full_image=True
+    )  # (B', 3, H, W) the SSIM map per channel
+    return _pixel_mean(image.mean(1).reshape(*lead, H, W), mask)
 
 
 def laplacian_energy(rgb: Tensor) -> Tensor:
@@ -129,13 +144,37 @@ def copy_last_frame(last: dict, horizon: int) -> dict:
     return out
 
 
-def warp_with_true_motion(
-    rgb: Tensor, depth: Tensor, K: Tensor, c2w: Tensor, target_c2w: Tensor
+def warp(
+    rgb: Tensor, depth: Tensor, K: Tensor, c2w: Tensor, target_c2w: Tensor, target_K: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Forward-splat a frame into other cameras with its true depth (nearest pixel, z-buffered).
+    """Forward-splat each frame into its own target camera with its depth (nearest pixel, z-buffered).
 
     Pixels no source point lands on keep the source frame's value (the copy baseline), so the result
     is never worse-defined than copying.
+
+    Args:
+        rgb: (..., H, W, 3); depth: (..., H, W, 1) z-depth; K: (..., 3, 3); c2w: (..., 4, 4) source cameras;
+        target_c2w: (..., 4, 4) the camera to render each frame into; target_K: (..., 3, 3) its intrinsics
+        (None: ``K``).
+    Returns:
+        rgb (..., H, W, 3), depth (..., H, W, 1) of the warped views, and the hit mask (..., H, W).
+    """
+    lead, (H, W) = rgb.shape[:-3], rgb.shape[-3:-1]
+    points = G.unproject(depth[..., 0], K, c2w).reshape(-1, H * W, 3)  # (B', H * W, 3) world points
+    r = splat(
+        points, rgb.reshape(-1, H * W, 3).float(), (K if target_K is None else target_K).reshape(-1, 3, 3),
+        target_c2w.reshape(-1, 4, 4), H, W,
+    )
+    hit = r.mask.view(*lead, H, W)
+    out_rgb = torch.where(hit[..., None], r.values.view(*lead, H, W, 3).to(rgb.dtype), rgb)  # holes: copy
+    out_depth = torch.where(hit[..., None], r.depth.view(*lead, H, W, 1), depth)
+    return out_rgb, out_depth, hit
+
+
+def warp_with_true_motion(
+    rgb: Tensor, depth: Tensor, K: Tensor, c2w: Tensor, target_c2w: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward-splat one frame into several cameras with its true depth (``warp``; holes keep the frame).
 
     Args:
         rgb: (B, H, W, 3); depth: (B, H, W, 1) z-depth; K: (B, 3, 3); c2w: (B, 4, 4) source camera;
@@ -143,15 +182,49 @@ def warp_with_true_motion(
     Returns:
         rgb (B, T, H, W, 3), depth (B, T, H, W, 1) of the warped views, and the hit mask (B, T, H, W).
     """
-    B, H, W, _ = rgb.shape
-    T = target_c2w.shape[1]
-    points = G.unproject(depth[..., 0], K, c2w).reshape(B, 1, H * W, 3).expand(B, T, H * W, 3)
-    source = rgb.reshape(B, 1, H * W, 3).expand(B, T, H * W, 3)
-    r = splat(
-        points.reshape(B * T, H * W, 3), source.reshape(B * T, H * W, 3).float(), K.repeat_interleave(T, 0),
-        target_c2w.reshape(B * T, 4, 4), H, W,
-    )
-    hit = r.mask.view(B, T, H, W)
-    out_rgb = torch.where(hit[..., None], r.values.view(B, T, H, W, 3).to(rgb.dtype), rgb[:, None])  # holes: copy
-    out_depth = torch.where(hit[..., None], r.depth.view(B, T, H, W, 1), depth[:, None])
-    return out_rgb, out_depth, hit
+    B, T = target_c2w.shape[:2]
+    each = lambda x: x[:, None].expand(B, T, *x.shape[1:])  # noqa: E731  (B, ...) -> (B, T, ...)
+    return warp(each(rgb), each(depth), each(K), each(c2w), target_c2w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Self-consistency of a 4D sequence (no truth needed)
+# --------------------------------------------------------------------------------------------------
+
+
+def self_consistency(frames) -> dict[str, Tensor]:
+    """Does a sequence of 4D frames agree with its own geometry? Each frame t is forward-splatted (``warp``)
+    with its own depth, intrinsics and camera into the camera of frame t+1 and compared with frame t+1 on the
+    pixels the splat covers (co-visible pixels; holes are unseen content, which no geometry predicts).
+
+    Both scores are scale-free (scaling depth and camera translations together warps alike), so they are
+    defined for a world in unknown units (an RGB start) too. They reward a world that does not change: a frame
+    held still is perfectly consistent. Read them beside the truth's own scores and the accuracy metrics.
+
+    - ``consistency_4d``: PSNR (dB) of the warped frame t vs frame t+1 over the covered pixels: is the 4D world
+      self-consistent (do the predicted depth and cameras explain the predicted motion of the pixels)?
+    - ``temporal_consistency``: SSIM of the same pair, the per-pixel SSIM map averaged over the covered pixels:
+      a feature-free stand-in for VBench's subject / background consistency (DINO / CLIP feature similarity of
+      consecutive frames). Warped rather than plain consecutive SSIM, because plain SSIM falls with every camera
+      motion (a turn shifts the whole image) and so measures the action, not flicker; after the warp only
+      content that changed against the world's own motion lowers it. Windows at the edge of a hole still see
+      the hole's pixels, filled with frame t's own pixels (``warp``), which lowers it rather than raises it.
+    - ``consistency_coverage``: the fraction of frame t+1's pixels the splat covers (what the two scores
+      were computed on; near 0 flags depth or cameras that throw the frame out of view).
+
+    A pair with no covered pixel scores NaN. Identical frames (a blocked move of the simulator) score 100 dB
+    and SSIM 1.
+
+    Args:
+        frames: dict or TensorDict of T+1 frames: ``rgb`` (B, T+1, H, W, 3) uint8 or in [0, 1], ``depth``
+            (B, T+1, H, W, 1) z-depth, ``pose`` (B, T+1, 4, 4) camera-to-world, ``intrinsics`` (B, T+1, 3, 3).
+    Returns:
+        consistency_4d, temporal_consistency, consistency_coverage, each (B, T): pair t -> t+1 at index t.
+    """
+    rgb, depth, pose, K = (frames[k] for k in ("rgb", "depth", "pose", "intrinsics"))
+    warped, _, hit = warp(rgb[:, :-1], depth[:, :-1], K[:, :-1], pose[:, :-1], pose[:, 1:], K[:, 1:])  # (B, T, ...)
+    return {
+        "consistency_4d": psnr(warped, rgb[:, 1:], hit),
+        "temporal_consistency": ssim(warped, rgb[:, 1:], hit),
+        "consistency_coverage": hit.float().mean(dim=(-2, -1)),
+    }
