@@ -3,9 +3,10 @@
     deepverse collect --out DIR --episodes N --steps T --seed S   record episodes from the simulator
     deepverse bench sim [--out FILE]     simulator throughput at 64x64, as JSON on the last line
     deepverse bench model [--out FILE]   world-model FLOPs, ms per flow step, frames/s, cache speed-up, MFU
-    deepverse bench env [--checkpoint DIR] [--out FILE]   DeepVerse-v0 steps/s, single and batched, vs the simulator
+    deepverse bench env [--checkpoint DIR] [--dtypes ...] [--out FILE]   DeepVerse-v0 frames/s, single and batched, per dtype
     deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
     deepverse eval [--checkpoint DIR] [--seeds A:B] [--frames N] [--out DIR]   rollouts vs the simulator, per horizon
+    deepverse eval --compare NAME=DIR ... [--frames N] [--out DIR]   the ablation tables: several checkpoints, one run
     deepverse drift [--checkpoint DIR] [--seeds A:B] [--steps N] [--out DIR]   long-rollout height, depth, fx vs the simulator
     deepverse agents train --world learned|sim --steps N --out DIR   SB3 PPO on a task, in imagination or the simulator
     deepverse agents eval --agents random cem ... --episodes N       agents on held-out task seeds, judged in the simulator
@@ -353,15 +354,19 @@ def add_demo(subparsers) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> dict:
-    """Open-loop rollouts against the simulator; the summary is what ``main`` prints."""
+    """Open-loop rollouts against the simulator, of one model or (``--compare``) of several side by side; the
+    summary is what ``main`` prints."""
+    from deepverse_env.ablations import run_compare
     from deepverse_env.evaluate import run_eval as evaluate
 
+    common = dict(
+        seeds=args.seeds, frames=args.frames, starts=tuple(args.starts), compare_paper_path=not args.no_paper_path,
+        seed=args.seed, progress=not args.no_progress, env=dict(args.env), revisit_steps=args.revisit_steps,
+    )
     with output_dir(args.out) as out:
-        return evaluate(
-            out, checkpoint=args.checkpoint, seeds=args.seeds, frames=args.frames, starts=tuple(args.starts),
-            compare_paper_path=not args.no_paper_path, seed=args.seed, progress=not args.no_progress,
-            env=dict(args.env), revisit_steps=args.revisit_steps,
-        )
+        if args.compare is not None:
+            return run_compare(out, args.compare, **common)
+        return evaluate(out, checkpoint=args.checkpoint, **common)
 
 
 def add_eval(subparsers) -> None:
@@ -376,7 +381,15 @@ def add_eval(subparsers) -> None:
         "paper path when the model uses it (a refiner or a render frame), and a revisit suite (out and back, a full "
         "turn, a loop; memory on and off) scoring the returning view against the truth and the view first seen.",
     )
-    p.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--checkpoint", type=Path, help="a save_pretrained directory (default: the shipped model)")
+    which.add_argument(
+        "--compare", nargs="+", metavar="NAME=DIR",
+        help="evaluate each model (DIR a save_pretrained directory or the word shipped) into OUT/NAME/ with the same "
+        "worlds and actions, then write the ablation tables (Table 1 at frames/2 and frames, revisit) into "
+        "OUT/comparison.md and comparison.json and a plot per metric, a line per model; a model without depth is "
+        "reported as not evaluated",
+    )
     p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")
     p.add_argument(
         "--frames", type=positive_int, default=60, help="horizon in frames, a multiple of the chunk (default 60)"

@@ -2,6 +2,7 @@
 
     deepverse eval --out eval/                          # shipped model, 8 test worlds, 60 frames, both starts
     deepverse eval --checkpoint DIR --seeds 2000000:2000016 --frames 120 --no-paper-path
+    deepverse eval --compare shipped=shipped no_memory=DIR --frames 120   # several models side by side (ablations.py)
 
 For every world of ``--seeds`` (held out: training uses seeds 0.., validation 1,000,000.., test 2,000,000..)
 the learned world (``DeepVerse-v0``) and the simulator take the same seeded random action script, from
@@ -291,15 +292,12 @@ def _report(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(
-    out: str | Path, checkpoint: str | Path | None = None, seeds: str = "2000000:2000008", frames: int = 60,
-    starts: tuple[str, ...] = ("4d", "image"), compare_paper_path: bool = True, seed: int = 0, progress: bool = True,
-    env: dict | None = None, revisit_steps: int = 60,
-) -> dict:
-    """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints. ``env``: more
-    keyword arguments of the learned env (``LearnedEnvConfig`` fields, e.g. ``{"dtype": "bfloat16"}``);
-    ``revisit_steps``: the cap on each revisit trajectory in env steps (a smaller one cuts them short)."""
-    world_seeds = parse_seeds(seeds)  # the arguments are checked before the model loads
+def check_arguments(
+    seeds: str, starts: tuple[str, ...], seed: int, revisit_steps: int, env: dict | None
+) -> tuple[list[int], dict]:
+    """The evaluation's arguments but ``frames``, checked before any model loads: (world seeds, env options);
+    ValueError naming a bad one."""
+    world_seeds = parse_seeds(seeds)
     env = check_env_options(env)
     bad = sorted(set(starts) - {"4d", "image"})
     if bad or not starts:
@@ -308,10 +306,27 @@ def run_eval(
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
     if isinstance(revisit_steps, bool) or not isinstance(revisit_steps, (int, np.integer)) or revisit_steps < 1:
         raise ValueError(f"--revisit-steps must be a positive integer, got {revisit_steps!r}")
+    return world_seeds, env
+
+
+def check_frames(frames: int, chunk: int) -> None:
+    """ValueError unless ``frames`` is a positive multiple of the model's ``chunk`` (frames per env step)."""
+    if isinstance(frames, bool) or int(frames) != frames or frames < chunk or frames % chunk:
+        raise ValueError(f"--frames must be a positive multiple of the chunk ({chunk} frames), got {frames!r}")
+
+
+def run_eval(
+    out: str | Path, checkpoint: str | Path | None = None, seeds: str = "2000000:2000008", frames: int = 60,
+    starts: tuple[str, ...] = ("4d", "image"), compare_paper_path: bool = True, seed: int = 0, progress: bool = True,
+    env: dict | None = None, revisit_steps: int = 60,
+) -> dict:
+    """Run the evaluation into directory ``out``; returns the summary ``deepverse eval`` prints. ``env``: more
+    keyword arguments of the learned env (``LearnedEnvConfig`` fields, e.g. ``{"dtype": "bfloat16"}``);
+    ``revisit_steps``: the cap on each revisit trajectory in env steps (a smaller one cuts them short)."""
+    world_seeds, env = check_arguments(seeds, starts, seed, revisit_steps, env)  # before the model loads
     model = load_model(checkpoint)
     tf = model.frames_per_chunk
-    if isinstance(frames, bool) or int(frames) != frames or frames < tf or frames % tf:
-        raise ValueError(f"--frames must be a positive multiple of the chunk ({tf} frames), got {frames!r}")
+    check_frames(frames, tf)
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))
