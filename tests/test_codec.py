@@ -348,16 +348,17 @@ def test_streamed_decode_equals_whole_decode(name):
     (1, 1, 0),                  # skip and time split
 ])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_conv3d_equals_torchs_conv3d(kernel, stride, padding, channels_last):
-    """The codec's Conv3d (a 2D convolution over time-unfolded frames) gives nn.Conv3d's output and gradients,
-    from its parameters, whatever the input's memory layout."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_conv3d_equals_torchs_conv3d(kernel, stride, padding, channels_last, batch):
+    """The codec's Conv3d (one clip: a 2D convolution over time-unfolded frames; a batch: oneDNN's 3D convolution
+    on a channels-last input) gives nn.Conv3d's output and gradients, from its parameters, whatever the layout."""
     from world_model.codec import Conv3d
 
     torch.manual_seed(0)
     ours = Conv3d(5, 7, kernel, stride=stride, padding=padding)
     ref = torch.nn.Conv3d(5, 7, kernel, stride=stride, padding=padding)
     ref.load_state_dict(ours.state_dict())
-    x = torch.randn(2, 5, 6, 9, 8)  # (B, C, T, H, W)
+    x = torch.randn(batch, 5, 6, 9, 8)  # (B, C, T, H, W)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
