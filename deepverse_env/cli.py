@@ -218,6 +218,15 @@ def bench_env(args: argparse.Namespace) -> dict:
         dtypes[dtype] = figures = throughput(
             "", lambda: DeepVerseEnv(checkpoint=model, dtype=dtype), lambda: DeepVerseVectorEnv(N, checkpoint=model, dtype=dtype)
         )
+        if args.imagine:  # a planner's call: M candidate sequences of L steps from one state, one timed call
+            M, L = args.imagine
+            env = DeepVerseEnv(checkpoint=model, dtype=dtype)
+            env.reset(seed=0)
+            ids = rng.integers(env.action_space.n, size=(M, L))
+            t0 = time.perf_counter()
+            env.imagine(ids, seed=0)
+            figures["imagine"] = {"candidates": M, "steps": L, "seconds": round(time.perf_counter() - t0, 2),
+                                  "imagine_chunk": env.world.config.imagine_chunk}
         if args.profile:  # separate runs, so the wrappers' own cost never enters the throughput figures
             from deepverse_env.profiling import StepProfile
 
@@ -273,6 +282,9 @@ def add_bench(subparsers) -> None:
     env.add_argument("--profile", action="store_true", help="also time each part of a step (DiT, encode, decode, "
                      "render, refine, memory, hooks, maps, other) for one env and the batch, in separate runs")
     env.add_argument("--steps", type=positive_int, default=20, help="env steps timed for the single env (default 20)")
+    env.add_argument("--imagine", nargs=2, type=positive_int, metavar=("M", "L"),
+                     help="also time one imagine() call of M random candidate sequences of L steps per dtype "
+                     "(e.g. 256 8: minutes on two cores)")
     env.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
                      help="compute dtypes measured, each in its own run (default float32 bfloat16; the CPU decides which "
                      "is faster: see fastest_dtype); the top-level figures are the first's")

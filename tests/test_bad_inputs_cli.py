@@ -63,6 +63,7 @@ COLLECT = ["collect", "--episodes", 1, "--steps", 1]
         (["bench", "model", "--batch-sizes", 0], "argument --batch-sizes: must be a positive integer, got '0'"),
         (["bench", "env", "--num-envs", 0], "argument --num-envs: must be a positive integer, got '0'"),
         (["bench", "env", "--steps", 0], "argument --steps: must be a positive integer, got '0'"),
+        (["bench", "env", "--imagine", 0, 8], "argument --imagine: must be a positive integer, got '0'"),
         (["bench", "env", "--dtypes", "float64"],
          "argument --dtypes: invalid choice: 'float64' (choose from 'float32', 'bfloat16', 'float16')"),
         ([*COLLECT, "--seed", -1], "argument --seed: must be a non-negative integer, got '-1'"),

@@ -93,8 +93,9 @@ def test_bench_env_profile_breaks_a_step_into_parts(tmp_path, capsys):
     checkpoint = DeepVerse(tiny_config(render_cache=True, sampler=dict(steps=1), refiner_overrides={"width": 8}))
     checkpoint = checkpoint.save_pretrained(tmp_path / "tiny")
     result = run(capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 7, "--profile",
-                 "--dtypes", "float32", "--out", tmp_path / "b.json")
+                 "--dtypes", "float32", "--imagine", 3, 2, "--out", tmp_path / "b.json")
     assert set(result["dtypes"]) == {"float32"}
+    assert result["imagine"]["candidates"] == 3 and result["imagine"]["steps"] == 2 and result["imagine"]["seconds"] > 0
     for label in ("env", "vector2"):
         p = result["profile"][label]
         assert p["steps"] == 8  # the warm-up step and 7 timed ones
