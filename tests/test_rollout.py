@@ -323,3 +323,21 @@ def test_a_slide_carries_the_decoder_state_instead_of_decoding_the_window_again(
         assert all(torch.isfinite(chunk[k].float()).all() for k in ("rgb", "depth", "pose"))
     with pytest.raises(ValueError, match="carry_decoder must be True or False, got 'yes'"):
         make(tiny_model, 1, carry_decoder="yes")
+
+
+def test_micro_batches_give_the_frames_of_one_call(tiny_model):
+    """micro_batch only splits the codec and refiner calls of a step into slices of worlds: the frames are those of
+    one call per step (within float noise), slides included."""
+    runs = {}
+    for micro in (1, 2, 5):
+        r = make(tiny_model, 5, seed=4, cache_max=3, micro_batch=micro)
+        r.reset(*first_frames(5))
+        runs[micro] = [r.step([WALK[i % 3] for i in range(5)]) for _ in range(4)]  # slides at steps 3 and 5
+    for micro in (1, 2):
+        for a, b in zip(runs[micro], runs[5]):
+            assert (a["rgb"].int() - b["rgb"].int()).abs().max() <= 1
+            torch.testing.assert_close(a["depth"], b["depth"], rtol=1e-3, atol=1e-4)
+            torch.testing.assert_close(a["pose"], b["pose"], rtol=1e-3, atol=1e-4)
+    for bad in (0, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="micro_batch must be None or a positive integer"):
+            make(tiny_model, 1, micro_batch=bad)

@@ -167,15 +167,17 @@ class RenderNoise:
 EXACT = RenderNoise(rotation_deg=0.0, translation=0.0, depth=0.0, blur=0.0)  # a cache of true frames, no errors
 
 
-def refine_frames(refiner: Refiner, frames, render: Render, scale: Tensor) -> Tensor:
+def refine_frames(refiner: Refiner, frames, render: Render, scale: Tensor, max_batch: int | None = None) -> Tensor:
     """The refiner's colours (b, tf, H, W, 3) uint8 of decoded frames (b, tf) (rgb, depth (..., 1) metres) given
-    the 3D cache rendered into their cameras (``Render`` with batch b * tf) and the window scale (b,)."""
+    the 3D cache rendered into their cameras (``Render`` with batch b * tf) and the window scale (b,);
+    ``max_batch``: frames per refiner call (None: all in one)."""
     b, tf = frames["rgb"].shape[:2]
     inputs = refiner_inputs(
         frames["rgb"].flatten(0, 1), frames["depth"][..., 0].flatten(0, 1), render.values, render.depth, render.mask,
         scale.repeat_interleave(tf),
-    )
-    return to_rgb8(refiner(inputs).float()).unflatten(0, (b, tf))
+    )  # (b * tf, 9, H, W)
+    out = torch.cat([refiner(part).float() for part in inputs.split(max_batch or len(inputs))])  # (b * tf, 3, H, W)
+    return to_rgb8(out).unflatten(0, (b, tf))
 
 
 def cache_renders(

@@ -71,6 +71,9 @@ class RolloutConfig:
     carry_decoder: bool = True  # at a slide, carry each world's decoder state (the causal convolutions' last frames,
                                 # those of the chunk just decoded) into the new window; False rebuilds it by decoding
                                 # the new window's re-encoded latents again (2x the codec's work per slide; see _append)
+    micro_batch: int | None = None  # worlds per codec decode / slide encode / refiner call within a step; None: 4 on the
+                                    # CPU (a call's activations then stay in the CPU's caches: 1.3-1.6x at 16 worlds,
+                                    # `deepverse bench env`), all of them on a GPU
     max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
     scale_quantile: float = 0.01  # share of nearest generated depth pixels a slide ignores when it rescales
     fixed_intrinsics: bool = True  # every frame keeps the start frame's intrinsics (no action zooms; see _generate)
@@ -194,6 +197,8 @@ class Rollout:
             raise ValueError(f"body_slack must be a finite number >= 1, got {c.body_slack!r}")
         if c.room_height is not None and not c.room_height > 1:
             raise ValueError(f"room_height must be > 1 eye height (the ceiling above the camera), got {c.room_height!r}")
+        if c.micro_batch is not None and (isinstance(c.micro_batch, bool) or not isinstance(c.micro_batch, int) or c.micro_batch < 1):
+            raise ValueError(f"micro_batch must be None or a positive integer, got {c.micro_batch!r}")
         model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
         self.B = int(batch_size)
         self.generator = generator
@@ -215,6 +220,7 @@ class Rollout:
         self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
         grounded = c.render_cache and (model.refiner is not None or model.dit.config.render_frame)
+        self.micro = int(c.micro_batch) if c.micro_batch is not None else 4 if self.device.type == "cpu" else self.B
         self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
 
     def _net(self):
@@ -418,7 +424,7 @@ class Rollout:
                     ).float()
             with self._net():
                 stream = self.stream.select(idx)  # a copy: the worlds' decoder state changes at commit
-                decoded = {k: v.float() for k, v in self.model.codec.decode_stream(new, stream).items()}
+                decoded = self._decode(new, stream)
             K, c2w, pose = self._cameras(idx, n, new)
             # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame, posed as the body
             new_frames = to_frames(decoded["rgb"], decoded["depth"], c2w, K, self.scale[idx], self.anchor[idx])
@@ -485,7 +491,18 @@ class Rollout:
         into their predicted cameras."""
         render = self.cache.render(idx, frames["intrinsics"], frames["pose"])  # (b * tf, H, W)
         with self._net():
-            return refine_frames(self.model.refiner, frames, render, self.scale[idx])
+            return refine_frames(self.model.refiner, frames, render, self.scale[idx], max_batch=self.micro * self.tf)
+
+    def _decode(self, latent: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
+        """``codec.decode_stream`` of latents (b, t, C, h, w) continuing ``stream`` (b worlds, updated in place),
+        ``micro`` worlds a call; float32 rgb (b, F, 3, H, W) and depth (b, F, 1, H, W)."""
+        started, parts = stream.started, []
+        for rows in torch.arange(len(latent), device=self.device).split(self.micro):
+            part = stream.select(rows)
+            part.started = started
+            parts.append(self.model.codec.decode_stream(latent[rows], part))
+            stream.update(rows, part)
+        return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
 
     def _spatial(self) -> tuple[Tensor | None, Tensor | None]:
         """ψ-retrieved memory keyframes, normalised into each world's current window and encoded."""
@@ -614,7 +631,8 @@ class Rollout:
             previous / self.config.max_rescale, previous * self.config.max_rescale
         )
         with self._net():
-            latents = self.model.encode(normalize_frames(kept, anchor, scale)).float()  # (b, keep, C, h, w)
+            normalized = normalize_frames(kept, anchor, scale)
+            latents = torch.cat([self.model.encode(part).float() for part in normalized.split(self.micro)])  # (b, keep, C, h, w)
             if not self.config.carry_decoder:
                 stream = DecoderStream()
                 self.model.codec.decode_stream(latents, stream)  # the new window's decoder state, rebuilt
