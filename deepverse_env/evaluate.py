@@ -49,6 +49,7 @@ Writes ``metrics.json``, ``report.md``, one PNG plot per metric against the hori
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -59,7 +60,7 @@ from tqdm.auto import tqdm
 
 from deepverse_env.actions import get_action_set
 from deepverse_env.learned.vector_env import DeepVerseVectorEnv
-from deepverse_env.learned.world import load_model
+from deepverse_env.learned.world import LearnedEnvConfig, load_model
 from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
 from world_model import metrics as M
 
@@ -70,6 +71,7 @@ SHOWN = (
 CONSISTENCY = ("consistency_4d", "temporal_consistency", "consistency_coverage")  # metrics.self_consistency's keys
 REVISIT_WORLDS = 4  # the revisit suite runs on the first this many worlds of --seeds
 OUT_M = 2.0  # metres walked out (and along each side of the loop) by the revisit trajectories
+FRAME = ("rgb", "depth", "pose", "intrinsics")  # the observation keys scored
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -92,10 +94,6 @@ def parse_seeds(text: str) -> list[int]:
 def check_env_options(env: dict | None) -> dict:
     """``env`` as a dict of ``LearnedEnvConfig`` settings the evaluation does not set itself, checked (values by the
     config, before any model loads); ValueError naming a bad key or value."""
-    import dataclasses
-
-    from deepverse_env.learned.world import LearnedEnvConfig
-
     env = dict(env or {})
     allowed = {f.name for f in dataclasses.fields(LearnedEnvConfig)} - {
         "render_cache", "starts", "reward", "termination", "action_set", "text_actions",  # the evaluation sets these
@@ -106,9 +104,6 @@ def check_env_options(env: dict | None) -> dict:
                          f"expected some of {sorted(allowed)}")
     LearnedEnvConfig(**env)  # ValueError naming a bad value
     return env
-
-
-FRAME = ("rgb", "depth", "pose", "intrinsics")  # the observation keys
 
 
 def _frames(info: dict) -> dict[str, torch.Tensor]:
