@@ -72,8 +72,8 @@ class RolloutConfig:
                                 # those of the chunk just decoded) into the new window; False rebuilds it by decoding
                                 # the new window's re-encoded latents again (2x the codec's work per slide; see _append)
     micro_batch: int | None = None  # worlds per codec decode / slide encode / refiner call within a step; None: 4 on the
-                                    # CPU (a call's activations then stay in the CPU's caches: 1.3-1.6x at 16 worlds,
-                                    # `deepverse bench env`), all of them on a GPU
+                                    # CPU (a call's activations then stay in the CPU's caches: 16 worlds 1.26x the
+                                    # frames/s in float32, 1.11x in bfloat16, `deepverse bench env`), all on a GPU
     max_rescale: float = 4.0  # a window's scale changes at most this factor per slide (see _append)
     scale_quantile: float = 0.01  # share of nearest generated depth pixels a slide ignores when it rescales
     fixed_intrinsics: bool = True  # every frame keeps the start frame's intrinsics (no action zooms; see _generate)
