@@ -111,6 +111,22 @@ def test_checkpoint_round_trip_and_errors(tiny_model, tmp_path):
         DeepVerse.from_pretrained(other)
 
 
+def test_checkpoint_in_half_precision(tiny_model, tmp_path):
+    """``save_pretrained(dtype=torch.float16)`` stores half the bytes and loads back as float32, equal to the weights
+    rounded to float16; a non-floating dtype is refused before anything is written."""
+    full = tiny_model.save_pretrained(tmp_path / "full")
+    half = tiny_model.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    size = lambda p: (p / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(half) < 0.55 * size(full)
+    again = DeepVerse.from_pretrained(half)
+    for (k, a), (_, b) in zip(tiny_model.state_dict().items(), again.state_dict().items()):
+        assert b.dtype == a.dtype, k
+        assert torch.equal(b, a.half().to(a.dtype) if a.is_floating_point() else a), k
+    with pytest.raises(ValueError, match="floating-point torch.dtype"):
+        tiny_model.save_pretrained(tmp_path / "int", dtype=torch.int8)
+    assert not (tmp_path / "int").exists()
+
+
 def test_sampler_settings_live_in_one_config(tiny_model, tiny_episodes, tmp_path):
     """``config.sampler`` holds the model's changes to ``SamplerConfig``; calls change it per call; exports from
     before ``sampler`` existed (settings in ``flow_overrides``) load with their settings."""

@@ -89,6 +89,8 @@ def test_codec_stage_trains_only_the_codec_and_exports_its_ema(data_dir, tmp_pat
     raw = DeepVerse.from_pretrained(export_pretrained(ckpt, tmp_path / "raw", ema=False))
     assert same(ema, module.ema.module) and same(raw, module.model) and not same(ema.codec, raw.codec)
     assert ema.config == module.model.config
+    half = DeepVerse.from_pretrained(export_pretrained(ckpt, tmp_path / "half", dtype=torch.float16))
+    assert all(torch.equal(v.half().float(), half.state_dict()[k]) for k, v in ema.state_dict().items() if v.is_floating_point())
     # A checkpoint from before the latent statistics existed exports with the identity statistics.
     old = torch.load(ckpt, map_location="cpu", weights_only=True)
     old["state_dict"] = {k: v for k, v in old["state_dict"].items() if "latent_s" not in k}

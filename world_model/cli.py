@@ -25,6 +25,7 @@ import typing
 from datetime import timedelta
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.trainer.states import TrainerFn
@@ -33,6 +34,7 @@ from world_model.datamodule import DeepVerseDataModule
 from world_model.flow import SamplerConfig
 from world_model.lit_module import TrainingModule, export_pretrained
 
+STORED_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # export --dtype
 EXPORT_HELP = (
     "the (EMA) DeepVerse of a training checkpoint as a save_pretrained directory (config.json + "
     "model.safetensors): the shipped model, or the stage-1 codec that stage 2's codec_weights loads."
@@ -127,6 +129,10 @@ def export_main(argv: list[str]) -> None:
         help="an export with a trained 3D-cache refiner over the same codec: export it with this checkpoint's model "
         "(render_cache on), e.g. after a longer stage 2",
     )
+    parser.add_argument(
+        "--dtype", choices=sorted(STORED_DTYPES), default="float32",
+        help="type the weights are stored in: float16 halves the files (they load back as float32)",
+    )
     group = parser.add_argument_group(
         "sampling defaults stored with the export (default: the run's; tune them on validation with "
         "`deepverse-train validate --model.init_args.eval_sampler '{s_text: X}'`)"
@@ -137,7 +143,10 @@ def export_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     sampler = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplerConfig)}
     try:
-        print(export_pretrained(args.ckpt, args.out, ema=not args.raw, sampler=sampler, refiner=args.refiner))
+        print(export_pretrained(
+            args.ckpt, args.out, ema=not args.raw, sampler=sampler, refiner=args.refiner,
+            dtype=STORED_DTYPES[args.dtype],
+        ))
     except (ValueError, FileNotFoundError) as e:  # a missing or foreign --ckpt, weights that do not fit, ...
         parser.error(str(e))
 

@@ -125,7 +125,7 @@ def check_same_config(path: str | Path, saved: DeepVerseConfig, model: DeepVerse
 
 def export_pretrained(
     ckpt_path: str | Path, out_dir: str | Path, ema: bool = True, sampler: dict | None = None,
-    refiner: str | Path | None = None,
+    refiner: str | Path | None = None, dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the DeepVerse of a training checkpoint (either stage) as a ``save_pretrained`` directory.
 
@@ -138,6 +138,7 @@ def export_pretrained(
         refiner: a ``save_pretrained`` export with a trained refiner (M18) over the same codec weights: its
             refiner is exported with the checkpoint's model (``render_cache`` on). The refiner learns from the
             codec's reconstructions alone, so a longer stage 2 over the same codec keeps it.
+        dtype: store the weights in this floating-point type (``save_pretrained``); None keeps float32.
     """
     ckpt = load_training_checkpoint(ckpt_path)
     prefix = "ema.module." if ema else "model."
@@ -161,7 +162,7 @@ def export_pretrained(
         state.setdefault(name, getattr(model, name))
     model.load_state_dict(state)
     model.set_sampler(**(sampler or {}))
-    return model.save_pretrained(out_dir)
+    return model.save_pretrained(out_dir, dtype=dtype)
 
 
 def _refiner_of(path: str | Path, config: DeepVerseConfig, state: dict) -> tuple[DeepVerseConfig, dict]:

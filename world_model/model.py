@@ -434,14 +434,19 @@ class DeepVerse(nn.Module):
                 f"(of {len(missing)}, {len(unexpected)}, {len(wrong)})"
             )
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into directory ``path``, atomically."""
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``, atomically. ``dtype`` (e.g.
+        ``torch.float16``: half the file) stores the floating-point weights in that type; loading casts them back
+        to the model's (float32)."""
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating-point torch.dtype or None, got {dtype!r}")
         path = Path(path)
         tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=1))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+                 for k, v in self.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "deepverse/1"})
         if path.exists():
             shutil.rmtree(path)
