@@ -15,7 +15,8 @@ with those arguments. Then:
   them; columns PSNR, SSIM, sharpness, depth AbsRel, rotation error, translation error, 4D consistency and temporal
   consistency at frame ``frames // 2``, then the same at frame ``frames`` (60 and 120 with ``--frames 120``: the
   paper's two horizon groups); "—" where a row has no such score (an ``image`` start has no metric depth or
-  translation, a baseline no self-consistency). Then the revisit table: a row per model x trajectory x memory on/off
+  translation, a baseline no self-consistency, a model without depth no depth or self-consistency score). Then the
+  revisit table: a row per model x trajectory x memory on/off
   (the returning view: PSNR and SSIM against the truth, PSNR against the view first seen), and a ``truth`` row per
   trajectory (the true returning view against the true first view).
 - ``comparison.json``: the same numbers, as each model's ``metrics.json`` holds them: ``table`` start -> row ->
@@ -24,13 +25,14 @@ with those arguments. Then:
 - one PNG per metric against the horizon, a line per model row and start, the baselines dotted (``evaluate._plots``).
 
 The baselines and the ``truth`` rows depend on the simulator alone (the same worlds, frame size and scripts for every
-model), so they are taken from the first evaluated model.
+model), so they are taken from the first model.
 
-A model whose codec has no depth (the no-depth ablation, ``configs/ablation_no_depth.yaml``) cannot be rolled out:
-the 4D rollout (``world_model.rollout.Rollout``) refuses it, since its sliding window rescales each window by the
-depth of its first frame (M2, M13) and its 3D cache is built from depth. No depth-free rollout is built here: such a
-model (``model.codec.use_depth`` false once loaded) is one row saying "not evaluated: no depth (the 4D rollout needs
-depth)" in every table and in ``comparison.json``, nothing is written under ``OUT/NAME/``, and the others go on.
+A model whose codec has no depth (the no-depth ablation, ``configs/ablation_no_depth.yaml``: Table 1's baseline, RGB
+and camera raymap only) is evaluated like the others, in the rollout's depth-free mode (``world_model.rollout``: every
+window keeps the scale the start frame's true depth gives it, no 3D cache, so one row, its paper path): its PSNR,
+SSIM, sharpness, camera errors and revisit scores are real, its depth and self-consistency scores, which need
+predicted depth, are null in ``comparison.json`` (as in its ``metrics.json``, ``evaluate.NEEDS_DEPTH``), "—" in
+``comparison.md`` and absent from the plots.
 
 Why an option of ``deepverse eval`` rather than a sub-command: a comparison *is* the evaluation run once per model
 with one set of arguments (``--seeds``, ``--frames``, ``--starts``, ``--seed``, ``--env``, ``--revisit-steps``,
@@ -38,8 +40,7 @@ with one set of arguments (``--seeds``, ``--frames``, ``--starts``, ``--seed``, 
 
 Every argument is checked before any rollout and before anything is written (ValueError naming the bad value):
 NAME=DIR syntax, NAMEs (folder names, unique, not a baseline row), every DIR loaded once as a checkpoint, one frame
-size and chunk for all models (else the worlds and scripts would differ), ``--frames`` a multiple of that chunk, and
-at least one model with depth.
+size and chunk for all models (else the worlds and scripts would differ), and ``--frames`` a multiple of that chunk.
 """
 from __future__ import annotations
 
@@ -54,8 +55,6 @@ from deepverse_env.evaluate import SHOWN, _plots, check_arguments, check_frames,
 from deepverse_env.learned.world import load_model
 
 SHIPPED = "shipped"  # the DIR word for the shipped model
-REASON = "no depth (the 4D rollout needs depth)"  # why a model without depth is not evaluated
-NOT_EVALUATED = f"not evaluated: {REASON}"
 BASELINES = ("copy_first", "warp", "truth")  # the rows of metrics.json besides "model"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name under OUT, no clash with the files written there
 HEADERS = {
@@ -90,26 +89,21 @@ def _checkpoint(folder: str) -> str | None:
     return None if folder == SHIPPED else folder
 
 
-def check_models(models: dict[str, str], frames: int) -> dict[str, bool]:
-    """Load each model once (then drop it) before any rollout: NAME -> whether its codec has depth. ValueError naming
-    a DIR that is not a checkpoint, models of different frame sizes or chunks, ``frames`` not a multiple of the
-    chunk, or no model with depth."""
-    depth, shapes = {}, {}
+def check_models(models: dict[str, str], frames: int) -> None:
+    """Load each model once (then drop it) before any rollout. ValueError naming a DIR that is not a checkpoint,
+    models of different frame sizes or chunks, or ``frames`` not a multiple of the chunk."""
+    shapes = {}
     for name, folder in models.items():
         try:
             model = load_model(_checkpoint(folder))
         except (OSError, ValueError) as e:
             raise ValueError(f"--compare {name}={folder}: {e}") from None
-        depth[name] = model.codec.use_depth
         shapes[name] = (model.config.height, model.config.width, model.frames_per_chunk)
     if len(set(shapes.values())) > 1:
         raise ValueError("--compare: the models must share one frame size and chunk (the same worlds, scripts and "
                          "frames for each), got " + ", ".join(f"{n} {h}x{w} with {f} frames a chunk"
                                                                for n, (h, w, f) in shapes.items()))
     check_frames(frames, next(iter(shapes.values()))[2])
-    if not any(depth.values()):
-        raise ValueError(f"--compare: no model can be evaluated ({', '.join(models)}: {NOT_EVALUATED})")
-    return depth
 
 
 def _row_names(name: str, paths: Sequence[str]) -> dict[str, str]:
@@ -126,27 +120,20 @@ def _markdown(comparison: dict) -> str:
     """comparison.json's content as comparison.md: Table 1 per start, then the revisit table."""
     c, horizons = comparison, comparison["horizons"]
     lines = [f"# deepverse eval --compare: worlds {c['seeds']}, {c['frames']} frames, action seed {c['action_seed']}",
-             "", *(f"- {n}: {m['checkpoint']}" + (f" ({m['out']}/)" if "out" in m else f" ({NOT_EVALUATED})")
-                   for n, m in c["models"].items()), ""]
+             "", *(f"- {n}: {m['checkpoint']} ({m['out']}/)" for n, m in c["models"].items()), ""]
     columns = [(metric, h) for h in horizons for metric in SHOWN]  # frame frames // 2 first, then frame frames
     for start, rows in c["table"].items():
         lines += [f"## Table 1, start from {start} (frame {horizons[0]}, then frame {horizons[-1]})", "",
                   "| model | " + " | ".join(f"{HEADERS[m]} @{h}" for m, h in columns) + " |",
                   "|---|" + "---|" * len(columns)]
         for row, scores in rows.items():
-            if "not evaluated" in scores:
-                cells = [NOT_EVALUATED] + [""] * (len(columns) - 1)
-            else:
-                cells = [_cell(m, scores[m][horizons.index(h)] if m in scores else None) for m, h in columns]
+            cells = [_cell(m, scores[m][horizons.index(h)] if m in scores else None) for m, h in columns]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"## Revisit (worlds {c['revisit_worlds']}: the returning view against the truth and against the view "
               "first seen; truth: the true returning view against the true first view)", "",
               "| model | trajectory | steps | memory | PSNR | SSIM | PSNR vs first view |", "|---" * 7 + "|"]
     for row, suite in c["revisit"].items():
-        if "not evaluated" in suite:
-            lines.append(f"| {row} | {NOT_EVALUATED} | | | | | |")
-            continue
         for trajectory, r in suite.items():
             if row == "truth":
                 lines.append(f"| truth | {trajectory} | {r['steps']} | | | | {_cell('psnr', r['psnr_first_view'])} |")
@@ -167,20 +154,17 @@ def run_compare(
     comparison into ``out`` (module docstring); returns the summary ``deepverse eval --compare`` prints."""
     named = parse_models(models)
     _, env = check_arguments(seeds, starts, seed, revisit_steps, env)
-    depth = check_models(named, frames)
+    check_models(named, frames)
     out = Path(out)
     horizons = sorted({max(frames // 2, 1), frames})
-    at_horizons = lambda rows, row: {m: [v[h - 1] for h in horizons] for m, v in rows[row].items()}  # noqa: E731
+    at_horizons = lambda rows, row: {  # noqa: E731  metric -> score per horizon (None: not available, as no depth)
+        m: [None if v is None else v[h - 1] for h in horizons] for m, v in rows[row].items()
+    }
     comparison = {"seeds": seeds, "frames": frames, "horizons": horizons, "action_seed": seed, "env": env,
                   "models": {}, "table": {s: {} for s in starts}, "revisit": {}}
-    first = None  # the first evaluated model's metrics.json
+    first = None  # the first model's metrics.json
     curves = {}  # table row -> start -> metrics.json's rows ("model" and the baselines): what _plots draws
     for name, folder in tqdm(named.items(), desc="models", disable=not progress):
-        if not depth[name]:
-            comparison["models"][name] = {"checkpoint": folder, "not evaluated": REASON}
-            for rows in (*comparison["table"].values(), comparison["revisit"]):
-                rows[name] = {"not evaluated": REASON}
-            continue
         run_eval(out / name, _checkpoint(folder), seeds, frames, starts, compare_paper_path, seed, progress, env,
                  revisit_steps)
         summary = json.loads((out / name / "metrics.json").read_text())
@@ -191,7 +175,7 @@ def run_compare(
                 comparison["table"][start][row] = at_horizons(rows, "model")
             comparison["revisit"][row] = summary["revisit"][path]
         first = first or summary
-    # the baseline and truth rows depend on the simulator alone: the first evaluated model's stand for all
+    # the baseline and truth rows depend on the simulator alone: the first model's stand for all
     results, suite = (next(iter(first[k].values())) for k in ("results", "revisit"))  # its first path's
     for start, rows in results.items():
         comparison["table"][start].update({b: at_horizons(rows, b) for b in BASELINES})
@@ -201,4 +185,4 @@ def run_compare(
     (out / "comparison.md").write_text(_markdown(comparison))
     plots = _plots(curves, out)
     return {"out": str(out), "comparison": str(out / "comparison.md"), "json": str(out / "comparison.json"),
-            "plots": plots, "models": {n: m.get("out", NOT_EVALUATED) for n, m in comparison["models"].items()}}
+            "plots": plots, "models": {n: m["out"] for n, m in comparison["models"].items()}}

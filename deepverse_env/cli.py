@@ -400,7 +400,7 @@ def add_eval(subparsers) -> None:
         help="evaluate each model (DIR a save_pretrained directory or the word shipped) into OUT/NAME/ with the same "
         "worlds and actions, then write the ablation tables (Table 1 at frames/2 and frames, revisit) into "
         "OUT/comparison.md and comparison.json and a plot per metric, a line per model; a model without depth is "
-        "reported as not evaluated",
+        "rolled out without it: its depth and 4D consistency scores are n/a, the rest scored as for any model",
     )
     p.add_argument("--seeds", default="2000000:2000008", help="world seeds, A:B or A,B,C (default: 8 test worlds)")
     p.add_argument(

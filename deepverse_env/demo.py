@@ -162,9 +162,12 @@ def run_demo(
     script = parse_actions(actions, names) if actions is not None else [names.index(name) for name in TOUR]
     picture = None if image is None else read_image(image)
     t0 = time.perf_counter()
-    env = DeepVerseEnv(
-        checkpoint=load_model(checkpoint), render_mode="rgb_array", action_set=action_set, render_cache=render_cache
-    )
+    model = load_model(checkpoint)
+    if not model.codec.use_depth:
+        raise ValueError(
+            f"deepverse demo shows the predicted depth and point cloud, and the model {checkpoint} has none (no depth codec)"
+        )
+    env = DeepVerseEnv(checkpoint=model, render_mode="rgb_array", action_set=action_set, render_cache=render_cache)
     script = [script[i % len(script)] for i in range(steps or len(script))]
     start = None if picture is None else fit_image(picture, env.height, env.width)
     obs, _ = env.reset(seed=seed, options=None if start is None else {"image": start})

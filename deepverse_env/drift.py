@@ -153,6 +153,10 @@ def run_drift(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     model = load_model(checkpoint)
+    if not model.codec.use_depth:
+        raise ValueError(
+            f"deepverse drift measures the predicted depth, and the model {checkpoint} has none (codec use_depth false)"
+        )
     N = len(world_seeds)
     envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, embodied=embodied)
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)

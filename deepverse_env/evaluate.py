@@ -44,6 +44,13 @@ returning view (the last frame) is scored against the truth (``frame_metrics``) 
 (the true start frame); the true returning view against the true start frame is the reference (``truth``; it is
 also what holding the start frame would score). Means over the worlds.
 
+A model whose codec has no depth (the no-depth ablation: RGB and camera raymap only) rolls out in the rollout's
+depth-free mode (``world_model.rollout``: the start frame's true depth sets the scale of every window, no 3D cache, so
+only the paper path). The scores of its predicted depth, ``depth_abs_rel`` and ``depth_delta1``, and the
+self-consistency ones (``CONSISTENCY``, which warp with predicted depth) are not available: null in ``metrics.json``
+(its ``model`` rows and revisit suite), "n/a" in ``report.md``, left out of the plots. PSNR, SSIM, sharpness, rotation
+and translation error are scored as for any model, and the revisit suite runs too.
+
 Writes ``metrics.json``, ``report.md``, one PNG plot per metric against the horizon (matplotlib) and
 ``frames-<start>-<path>.png`` (predicted above true frames of the first world), and returns the summary.
 """
@@ -69,9 +76,11 @@ SHOWN = (
     "psnr", "ssim", "sharpness", "depth_abs_rel", "rot_err_deg", "trans_err_m", "consistency_4d", "temporal_consistency"
 )
 CONSISTENCY = ("consistency_4d", "temporal_consistency", "consistency_coverage")  # metrics.self_consistency's keys
+DEPTH = ("depth_abs_rel", "depth_delta1")  # metrics.frame_metrics' depth keys
+NEEDS_DEPTH = (*DEPTH, *CONSISTENCY)  # scores of a model's predicted depth: None (not available) for a model without
 REVISIT_WORLDS = 4  # the revisit suite runs on the first this many worlds of --seeds
 OUT_M = 2.0  # metres walked out (and along each side of the loop) by the revisit trajectories
-FRAME = ("rgb", "depth", "pose", "intrinsics")  # the observation keys scored
+FRAME = ("rgb", "depth", "pose", "intrinsics")  # the observation keys scored (a model without depth gives no depth)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -106,8 +115,9 @@ def check_env_options(env: dict | None) -> dict:
     return env
 
 
-def _frames(info: dict) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.asarray(info["frames"][k])) for k in FRAME}  # (N, F, ...)
+def _tensors(frames: dict) -> dict[str, torch.Tensor]:
+    """The ``FRAME`` keys that ``frames`` holds (no depth for a model without it), as tensors."""
+    return {k: torch.from_numpy(np.asarray(frames[k])) for k in FRAME if k in frames}
 
 
 def rollout(
@@ -115,8 +125,8 @@ def rollout(
 ) -> dict:
     """One batched open-loop rollout: predicted and true frames (N, L * F, ...), the true start frames ``first``
     and the learned world's own start frames ``start`` (N, ...; for an ``image`` start its completed depth and
-    camera), each a dict of the observation keys; ``env``: more keyword arguments of the learned env
-    (``LearnedEnvConfig``)."""
+    camera), each a dict of the observation keys (``pred`` and ``start`` without depth for a model without it);
+    ``env``: more keyword arguments of the learned env (``LearnedEnvConfig``)."""
     N = len(seeds)
     envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, **(env or {}))
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)
@@ -126,11 +136,10 @@ def rollout(
     for step in tqdm(scripts.T, desc=f"eval {start}{'' if render_cache else ' (paper path)'}", disable=not progress):
         *_, info = envs.step(step)
         *_, truth = sims.step(step)
-        pred.append(_frames(info))
-        true.append(_frames(truth))
+        pred.append(_tensors(info["frames"]))  # (N, F, ...)
+        true.append(_tensors(truth["frames"]))
     cat = lambda parts: {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}  # noqa: E731
-    tensors = lambda obs: {k: torch.from_numpy(obs[k]) for k in FRAME}  # noqa: E731
-    return {"pred": cat(pred), "true": cat(true), "first": tensors(first), "start": tensors(start_obs)}
+    return {"pred": cat(pred), "true": cat(true), "first": _tensors(first), "start": _tensors(start_obs)}
 
 
 def _world_mean(metric: str, scores: torch.Tensor) -> list[float]:
@@ -153,8 +162,9 @@ def _consistency(start: dict, frames: dict) -> dict[str, list[float]]:
 
 
 def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
-    """{model, copy_first, warp, truth} -> metric -> per-frame means over worlds (frames 1..L*F); ``truth`` holds
-    the self-consistency of the true frames only (the reference of the model's)."""
+    """{model, copy_first, warp, truth} -> metric -> per-frame means over worlds (frames 1..L*F), or None for the
+    ``NEEDS_DEPTH`` scores of a model without depth; ``truth`` holds the self-consistency of the true frames only
+    (the reference of the model's)."""
     pred, true, first = run["pred"], run["true"], run["first"]
     T = true["rgb"].shape[1]
     copy = M.copy_last_frame({k: first[k] for k in ("rgb", "depth", "pose")}, T)
@@ -168,7 +178,10 @@ def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
         if start == "image" and name == "model":
             scores.pop("trans_err_m")
         out[name] = {k: _world_mean(k, v) for k, v in scores.items()}
-    out["model"].update(_consistency(run["start"], pred))  # depth and cameras in the model's own units
+    if "depth" in pred:
+        out["model"].update(_consistency(run["start"], pred))  # depth and cameras in the model's own units
+    else:  # a model without depth: nothing to score its depth or warp its frames with
+        out["model"].update(dict.fromkeys(NEEDS_DEPTH))
     out["truth"] = _consistency(first, true)
     return out
 
@@ -200,8 +213,9 @@ def revisit_suite(
 ) -> dict[str, dict]:
     """The revisit suite (module docstring) from the 4D starts of ``seeds``, each trajectory capped at ``max_steps``
     env steps: trajectory -> {``steps``; ``memory on`` and ``memory off``: frame_metrics of the returning view
-    against the truth, and ``psnr_first_view`` / ``ssim_first_view`` against the true start frame; ``truth``: the
-    true returning view against the true start frame}, each score the mean over the worlds."""
+    against the truth (``DEPTH`` None for a model without depth), and ``psnr_first_view`` / ``ssim_first_view``
+    against the true start frame; ``truth``: the true returning view against the true start frame}, each score the
+    mean over the worlds."""
     actions = get_action_set("basic")
     trajectories = {name: path[:max_steps] for name, path in revisit_trajectories(model.frames_per_chunk).items()}
     bar = tqdm(total=2 * len(trajectories), desc=f"revisit{'' if render_cache else ' (paper path)'}",
@@ -214,9 +228,10 @@ def revisit_suite(
         for memory in (True, False):
             run = rollout(model, seeds, script, "4d", render_cache, False, {**env, "use_memory": memory})
             pred, true = ({k: v[:, -1] for k, v in run[s].items()} for s in ("pred", "true"))  # (N, ...) last views
-            out[name][f"memory {'on' if memory else 'off'}"] = means(
-                {**M.frame_metrics(pred, true), **_vs_first_view(pred["rgb"], run["first"]["rgb"])}
-            )
+            scores = means({**M.frame_metrics(pred, true), **_vs_first_view(pred["rgb"], run["first"]["rgb"])})
+            out[name][f"memory {'on' if memory else 'off'}"] = scores if "depth" in pred else {
+                **scores, **dict.fromkeys(DEPTH)
+            }
             bar.update()
         out[name]["truth"] = means(_vs_first_view(true["rgb"], run["first"]["rgb"]))  # the same with memory on or off
     bar.close()
@@ -235,7 +250,7 @@ def _plots(results: dict, out: Path) -> list[str]:
         for label, per_start in results.items():
             for start, rows in per_start.items():
                 for name, scores in rows.items():
-                    if metric in scores and (name == "model" or label == next(iter(results))):
+                    if scores.get(metric) is not None and (name == "model" or label == next(iter(results))):
                         style = "-" if name == "model" else ":"
                         tag = f"{label} {start}" if name == "model" else f"{name} {start}"
                         ax.plot(range(1, len(scores[metric]) + 1), scores[metric], style, label=tag)
@@ -270,7 +285,9 @@ def _report(summary: dict) -> str:
             for name, scores in rows.items():
                 for metric in SHOWN:
                     if metric in scores:
-                        lines.append(f"| {name} | {metric} | " + " | ".join(f"{scores[metric][h - 1]:.3f}" for h in marks) + " |")
+                        values = scores[metric] or [None] * summary["frames"]  # None: not available (no depth)
+                        cells = ["n/a" if values[h - 1] is None else f"{values[h - 1]:.3f}" for h in marks]
+                        lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += [
         f"## Revisit (worlds {summary['revisit_worlds']}: the returning view against the truth and against the view "
@@ -325,7 +342,8 @@ def run_eval(
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))
-    grounded = model.refiner is not None or model.dit.config.render_frame  # the model uses the 3D cache
+    # the model uses the 3D cache (built from depth: a model without depth has the paper path alone)
+    grounded = model.codec.use_depth and (model.refiner is not None or model.dit.config.render_frame)
     paths = {"grounded": True, "paper path": False} if grounded and compare_paper_path else {
         "grounded" if grounded else "paper path": grounded
     }

@@ -190,17 +190,18 @@ def draw_cloud_map(
     return draw_topdown(size, extent, points=xz, point_colours=colours[order], trajectory=path, heading=heading)
 
 
-def panel(rgb: np.ndarray, depth: np.ndarray, draw_map: Callable[[int], np.ndarray]) -> np.ndarray:
+def panel(rgb: np.ndarray, depth: np.ndarray | None, draw_map: Callable[[int], np.ndarray]) -> np.ndarray:
     """RGB | depth colour map | a top-down map, upscaled to at least 256 pixels high: what both envs render.
 
     Args:
-        rgb: (H, W, 3) uint8.  depth: (H, W, 1) metres.
+        rgb: (H, W, 3) uint8.  depth: (H, W, 1) metres, or None (a world without depth: a black tile, as
+            ``colorize_depth`` draws "no surface", so the layout stays that of every other panel).
         draw_map: size -> (size, size, 3) uint8 top-down map; it is asked for the upscaled frame height.
     Returns:
         (H * k, W', 3) uint8 with k = max(1, 256 // H).
     """
     k = max(1, 256 // rgb.shape[0])
-    depth_colours = colorize_depth(depth[..., 0], *DEPTH_RANGE)
+    depth_colours = np.zeros_like(rgb) if depth is None else colorize_depth(depth[..., 0], *DEPTH_RANGE)
     return side_by_side(upscale(rgb, k), upscale(depth_colours, k), draw_map(rgb.shape[0] * k))
 
 
@@ -238,8 +239,8 @@ class WorldMap:
             return self.path[: self.count]
         return np.roll(self.path, -(self.count % PATH_STEPS), axis=0)
 
-    def panel(self, rgb: np.ndarray, depth: np.ndarray, pose: np.ndarray) -> np.ndarray:
-        """``panel`` of the current frame, rgb (H, W, 3), depth (H, W, 1), pose (4, 4), beside this map."""
+    def panel(self, rgb: np.ndarray, depth: np.ndarray | None, pose: np.ndarray) -> np.ndarray:
+        """``panel`` of the current frame, rgb (H, W, 3), depth (H, W, 1) or None, pose (4, 4), beside this map."""
         axis = pose[:3, 2]  # optical axis
         heading = math.atan2(-axis[0], axis[2])  # 0 looks along +z, + turns left
         return panel(

@@ -200,6 +200,14 @@ class ImageGoalReward(RewardHook):
         return self.similarity(td["next", "rgb"]) - self.similarity(td["rgb"])
 
 
+def next_depth(td: TensorDict, hook: str) -> Tensor:
+    """``td["next", "depth"]`` (B, H, W, 1); ValueError naming ``hook`` where the frames have no depth (a learned
+    world whose model has none, the no-depth ablation)."""
+    if "depth" not in td["next"].keys():
+        raise ValueError(f"the {hook} hook needs depth, and these frames have none (a world model without depth)")
+    return td["next", "depth"]
+
+
 class CollisionPenalty(RewardHook):
     """``-penalty`` when the nearest seen surface in the central ``fraction`` of the image is closer
     than ``min_depth`` metres (walking into something)."""
@@ -219,7 +227,7 @@ class CollisionPenalty(RewardHook):
         return centre.flatten(-2).amin(-1) < self.min_depth
 
     def __call__(self, td: TensorDict) -> Tensor:
-        return -self.penalty * self.near(td["next", "depth"]).float()
+        return -self.penalty * self.near(next_depth(td, self.name)).float()
 
 
 class Collided(CollisionPenalty):
@@ -228,7 +236,7 @@ class Collided(CollisionPenalty):
     name = "collided"
 
     def __call__(self, td: TensorDict) -> Tensor:
-        return self.near(td["next", "depth"])
+        return self.near(next_depth(td, self.name))
 
 
 class ExplorationReward(RewardHook):
@@ -251,7 +259,7 @@ class ExplorationReward(RewardHook):
         if seen is None:
             seen = torch.zeros(B, self.grid**3, dtype=torch.bool, device=nxt["pose"].device)
         s = self.stride
-        depth = nxt["depth"][:, ::s, ::s, 0]  # (B, h, w) every s-th pixel is enough for coverage
+        depth = next_depth(td, self.name)[:, ::s, ::s, 0]  # (B, h, w) every s-th pixel is enough for coverage
         K = nxt["intrinsics"].clone()
         K[:, :2] = K[:, :2] / s  # pixel (i * s) of the full image is pixel i of the strided one
         pts = G.unproject(depth, K, nxt["pose"]).reshape(B, -1, 3)  # (B, N, 3)

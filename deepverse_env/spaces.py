@@ -12,12 +12,13 @@ from deepverse_env.actions import ActionSet
 from world_model.text import SENTENCES, sentence_index
 
 
-def observation_space(height: int, width: int) -> spaces.Dict:
-    """The observation dict of both envs: rgb (H, W, 3), depth (H, W, 1), pose (4, 4), intrinsics (3, 3)."""
+def observation_space(height: int, width: int, depth: bool = True) -> spaces.Dict:
+    """The observation dict of both envs: rgb (H, W, 3), depth (H, W, 1), pose (4, 4), intrinsics (3, 3);
+    ``depth`` False (a learned world whose model has no depth): no ``depth`` key."""
     return spaces.Dict(
         {
             "rgb": spaces.Box(0, 255, (height, width, 3), np.uint8),
-            "depth": spaces.Box(0.0, np.inf, (height, width, 1), np.float32),
+            **({"depth": spaces.Box(0.0, np.inf, (height, width, 1), np.float32)} if depth else {}),
             "pose": spaces.Box(-np.inf, np.inf, (4, 4), np.float32),
             "intrinsics": spaces.Box(0.0, np.inf, (3, 3), np.float32),
         }

@@ -6,23 +6,24 @@
 # only rewrites decoded frames of the same codec, so every model gets the same render path); the no-depth
 # model has no 3D cache (nothing to render without depth) and is exported without it.
 #
-#   scripts/train_ablations.sh                       # 500 steps each into runs/ablations/NAME/export
+#   scripts/train_ablations.sh                       # 500 steps each in runs/ablations/NAME, exports in ablations/NAME
 #   STEPS=3592 scripts/train_ablations.sh            # the shipped model's budget (~2 h each on two cores)
 #   NAMES="base channel_history" scripts/train_ablations.sh
 #   ACCEL=gpu STEPS=3592 scripts/train_ablations.sh  # minutes each on one CUDA GPU
 #
 # Then one command makes every table and plot (MODEL_CARD.md):
-#   deepverse eval --compare shipped=world_model/pretrained/tiny base=runs/ablations/base/export \
-#     channel_history=runs/ablations/channel_history/export no_memory=runs/ablations/no_memory/export \
-#     no_depth=runs/ablations/no_depth/export --frames 120 --out runs/eval_ablations
+#   deepverse eval --compare shipped=shipped base=ablations/base channel_history=ablations/channel_history \
+#     no_memory=ablations/no_memory no_depth=ablations/no_depth --frames 120 --out eval_ablations
 #
-# Variables: STEPS (500), NAMES ("base channel_history no_memory no_depth"), RUNS (runs/ablations), ACCEL (cpu),
+# Variables: STEPS (500), NAMES ("base channel_history no_memory no_depth"), RUNS (runs/ablations: the training runs),
+# EXPORTS (ablations: the exports, weights stored in float16, ~15 MB each, committed), ACCEL (cpu),
 # TRAIN (the deepverse-train command), REFINER (world_model/pretrained/tiny: the export whose refiner is reused).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${STEPS:-500}"
 NAMES="${NAMES:-base channel_history no_memory no_depth}"
 RUNS="${RUNS:-runs/ablations}"
+EXPORTS="${EXPORTS:-ablations}"
 ACCEL="${ACCEL:-cpu}"
 TRAIN="${TRAIN:-.venv/bin/deepverse-train}"
 REFINER="${REFINER:-world_model/pretrained/tiny}"
@@ -34,7 +35,7 @@ for name in $NAMES; do
     args+=(--config "configs/ablation_$name.yaml")
   fi
   run="$RUNS/$name"
-  if [ -f "$run/export/model.safetensors" ]; then echo "== $name: exported already ($run/export)"; continue; fi
+  if [ -f "$EXPORTS/$name/model.safetensors" ]; then echo "== $name: exported already ($EXPORTS/$name)"; continue; fi
   [ -f "$run/checkpoints/last.ckpt" ] && args+=(--ckpt_path last)  # a second start resumes the run
   echo "== $name: $STEPS steps ($(date +%T))"
   $TRAIN fit "${args[@]}" --trainer.default_root_dir "$run" --trainer.max_steps "$STEPS" \
@@ -42,6 +43,6 @@ for name in $NAMES; do
     --trainer.enable_progress_bar false
   refiner=(--refiner "$REFINER")
   [ "$name" = no_depth ] && refiner=()
-  $TRAIN export --ckpt "$run/checkpoints/last.ckpt" --out "$run/export" "${refiner[@]}"
+  $TRAIN export --ckpt "$run/checkpoints/last.ckpt" --out "$EXPORTS/$name" --dtype float16 "${refiner[@]}"
   echo "== $name: exported ($(date +%T))"
 done

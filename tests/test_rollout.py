@@ -341,3 +341,38 @@ def test_micro_batches_give_the_frames_of_one_call(tiny_model):
     for bad in (0, 2.5, True, "4"):
         with pytest.raises(ValueError, match="micro_batch must be None or a positive integer"):
             make(tiny_model, 1, micro_batch=bad)
+
+
+def test_a_model_without_depth_rolls_out_at_the_start_scale():
+    """The no-depth ablation (RGB + raymap codec): frames carry no depth key, every window keeps the start frame's
+    scale through its slides, memory keyframes are RGB, no 3D cache is built (its refiner is left unused), and the
+    rollout stays seeded, branchable, micro-batchable; an image start takes ``completion_scale``."""
+    from conftest import tiny_config
+    from world_model import geometry as G
+    from world_model.model import DeepVerse
+
+    model = DeepVerse(tiny_config(codec_overrides={"use_depth": False}, render_cache=True, refiner_overrides={"width": 8}))
+    rgb, depth, K = first_frames(2)
+    runs = {}
+    for name, config in (("a", {}), ("b", {}), ("micro", {"micro_batch": 1}), ("rebuilt", {"carry_decoder": False})):
+        r = make(model, 2, seed=3, cache_max=3, **config)  # keep 2: slides at steps 3, 5 and 7
+        first = r.reset(rgb, depth, K)
+        assert r.cache is None and r.memory.state["frame"].shape[2] == 3 and "depth" not in first.keys()
+        runs[name] = [r.step(WALK[:2]) for _ in range(8)]
+        for chunk in runs[name]:
+            assert set(chunk.keys()) == {"rgb", "pose", "intrinsics"}
+            assert all(torch.isfinite(chunk[k].float()).all() for k in chunk.keys())
+        torch.testing.assert_close(r.scale, G.window_scale(depth[..., 0]))  # the start's, after three slides
+        assert (r.memory.sizes() > 0).all() and (r.floor == 0).all()  # keyframes that left the windows
+    for a, b, micro in zip(runs["a"], runs["b"], runs["micro"]):
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["pose"], b["pose"])  # same seed, same frames
+        assert (a["rgb"].int() - micro["rgb"].int()).abs().max() <= 1
+    branch = r.select(torch.tensor([1, 1, 0]))
+    assert "depth" not in branch.step(WALK).keys()
+    snapshot = r.clone()
+    r.step(WALK[:2])
+    r.load(snapshot)
+    assert torch.equal(r.latents, snapshot.latents)
+    first = r.reset(rgb[:1], mask=torch.tensor([True, False]))  # an image start: the camera is generated
+    assert "depth" not in first.keys() and first["intrinsics"][0, 0, 0] > 0
+    assert r.scale[0] == r.config.completion_scale and "depth" not in r.step(WALK[:2]).keys()

@@ -31,6 +31,13 @@ height, tilt within ``max_pitch_deg``) with a fixed lens (``fixed_intrinsics``),
 window's metres towards the start frame's (``metric_anchor``, ``_anchor_to_start``); without them a long random
 walk of the shipped model climbed 172 m and its scale wandered 0.004-10.8 (``deepverse drift``).
 
+A model whose codec has no depth (the no-depth ablation, ``codec.use_depth`` False) rolls out in a *depth-free
+mode*: its frames carry no ``depth`` key (none is made up), every window keeps the start frame's scale (from the
+given depth of a 4D start, or ``completion_scale`` for an image start), since there is no predicted depth to re-anchor
+a slide on (no ``metric_anchor``, no floor or body bounds: ``floor`` stays 0), and there is no 3D cache (it is built
+from depth: ``render_cache`` is ignored, the paper path runs). The level camera and fixed intrinsics still hold, and
+memory keyframes are RGB alone (ψ retrieves by camera pose only).
+
 Memory use per world is fixed: ``cache_max`` latent frames, 1 + (cache_max - 1) * tf decoded frames and
 ``MemoryConfig.capacity`` keyframes; nothing grows with episode length.
 """
@@ -64,9 +71,9 @@ class RolloutConfig:
     sampler: SamplerConfig | dict | None = None  # changes to the model's sampler (None: the model's own)
     use_memory: bool = True  # retrieve a memory keyframe as the spatial condition
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    render_cache: bool = True  # hold the 3D cache (M18) for a model with a refiner or a render-frame MM-DiT
+    render_cache: bool = True  # hold the 3D cache (M18) for a model with a refiner or a render-frame MM-DiT (and depth)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    completion_scale: float = 1.0  # metres per unit for a world started from an RGB image alone
+    completion_scale: float = 1.0  # metres per unit of a world started from an RGB image alone (without depth: always)
     dtype: str = "float32"  # "bfloat16" / "float16": the networks run under autocast; geometry stays float32
     carry_decoder: bool = True  # at a slide, carry each world's decoder state (the causal convolutions' last frames,
                                 # those of the chunk just decoded) into the new window; False rebuilds it by decoding
@@ -172,8 +179,6 @@ class Rollout:
             raise ValueError(f"keep ({self.keep}) must be in 1..cache_max-1 (cache_max {c.cache_max})")
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not model.codec.use_depth:
-            raise ValueError("rollouts need a codec with depth (the no-depth ablation cannot be rolled out in 4D)")
         if c.dtype not in AUTOCAST:
             raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {c.dtype!r}")
         if not c.max_rescale > 1:
@@ -202,6 +207,7 @@ class Rollout:
         model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
         self.B = int(batch_size)
         self.generator = generator
+        self.depth = model.codec.use_depth  # False: the depth-free mode (module docstring)
         self.tf = model.codec.temporal_factor
         self.H, self.W = model.config.height, model.config.width
         C = model.codec.latent_channels
@@ -217,9 +223,10 @@ class Rollout:
         self.origin = torch.ones(self.B, self.H, self.W, device=self.device)  # (B, H, W) start frame's depth, metres
         self.origin_K = torch.eye(3, device=self.device).repeat(self.B, 1, 1)  # (B, 3, 3) its intrinsics
         self.floor = torch.zeros(self.B, device=self.device)  # (B,) start frame's floor below the camera, 0: none
-        self.memory = MemoryPool(c.memory, self.B, (4, self.H, self.W), device=self.device)
+        keyframe = (4 if self.depth else 3, self.H, self.W)  # RGB-D, RGB without depth
+        self.memory = MemoryPool(c.memory, self.B, keyframe, device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
-        grounded = c.render_cache and (model.refiner is not None or model.dit.config.render_frame)
+        grounded = self.depth and c.render_cache and (model.refiner is not None or model.dit.config.render_frame)
         self.micro = int(c.micro_batch) if c.micro_batch is not None else 4 if self.device.type == "cpu" else self.B
         self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
 
@@ -232,10 +239,11 @@ class Rollout:
 
     def _blank_frames(self, T: int, B: int | None = None) -> TensorDict:
         B = self.B if B is None else B
+        depth = {"depth": torch.ones(B, T, self.H, self.W, 1)} if self.depth else {}
         return TensorDict(
             {
                 "rgb": torch.zeros(B, T, self.H, self.W, 3, dtype=torch.uint8),
-                "depth": torch.ones(B, T, self.H, self.W, 1),
+                **depth,
                 "pose": torch.eye(4).repeat(B, T, 1, 1),
                 "intrinsics": torch.eye(3).repeat(B, T, 1, 1),
             },
@@ -298,11 +306,12 @@ class Rollout:
             rgb: (B', H, W, 3) uint8, B' = worlds in ``mask`` (all B when None).
             depth: (B', H, W, 1) metres and intrinsics (B', 3, 3): a known 4D first frame (e.g. from the
                 simulator). Without them the depth and camera are generated (first-frame completion, M9)
-                and depth is in units of ``completion_scale`` metres.
+                and depth is in units of ``completion_scale`` metres. For a codec without depth the given
+                depth only sets the scale, and an image start generates the camera alone.
             mask: (B,) bool, the worlds to (re)start; the others continue untouched.
         Returns:
-            the first frames of the started worlds, TensorDict (B',) with rgb, depth, pose (identity:
-            the episode frame is the first camera's), intrinsics.
+            the first frames of the started worlds, TensorDict (B',) with rgb, depth (not for a codec
+            without depth), pose (identity: the episode frame is the first camera's), intrinsics.
         """
         mask = torch.ones(self.B, dtype=torch.bool, device=self.device) if mask is None else mask.bool()
         n = int(mask.sum())
@@ -317,6 +326,8 @@ class Rollout:
             self._check_frame("intrinsics", intrinsics, (n, 3, 3), torch.float32)
             first = TensorDict({"rgb": rgb, "depth": depth, "pose": eye, "intrinsics": intrinsics}, [n]).to(self.device)
             scale = G.window_scale(first["depth"][..., 0])
+            if not self.depth:
+                first = first.exclude("depth")  # it set the scale; the codec encodes none and no frame carries one
             with self._net():
                 latent = self.model.encode(normalize_frames(first[:, None], eye, scale)).float()  # (n, 1, C, h, w)
                 stream = DecoderStream()
@@ -334,11 +345,8 @@ class Rollout:
             # The window's first camera is the identity by definition: keep the predicted intrinsics only.
             rays = G.camera_to_raymap(K, eye, self.H, self.W)[:, None]  # (n, 1, 6, H, W)
             latent[:, :, self.model.codec.raymap_slice] = self.model.codec.encode_raymap(rays)
-            first = TensorDict(
-                {"rgb": rgb.to(self.device), "depth": G.decode_depth(decoded["depth"][:, 0, 0], scale)[..., None],
-                 "pose": eye, "intrinsics": K},
-                [n],
-            )
+            depth = {"depth": G.decode_depth(decoded["depth"][:, 0, 0], scale)[..., None]} if self.depth else {}
+            first = TensorDict({"rgb": rgb.to(self.device), **depth, "pose": eye, "intrinsics": K}, [n])
         idx = mask.nonzero()[:, 0]
         self.latents[idx] = 0
         self.latents[idx, :1] = latent
@@ -346,9 +354,10 @@ class Rollout:
         self.frames[idx] = self._blank_frames(self.frames.shape[1], n)
         self.frames[idx, :1] = first[:, None]
         self.anchor[idx], self.scale[idx], self.unit[idx] = eye, scale, scale
-        self.origin[idx], self.origin_K[idx] = first["depth"][..., 0], first["intrinsics"]
-        floor, flat = floor_height(first["depth"][..., 0], first["intrinsics"], eye)
-        self.floor[idx] = torch.where(flat, floor, 0.0)
+        if self.depth:  # what slides anchor their metres to (_anchor_to_start); without depth nothing is anchored
+            self.origin[idx], self.origin_K[idx] = first["depth"][..., 0], first["intrinsics"]
+            floor, flat = floor_height(first["depth"][..., 0], first["intrinsics"], eye)
+            self.floor[idx] = torch.where(flat, floor, 0.0)
         self.memory.reset(mask)
         self.stream.update(idx, stream)
         if self.cache is not None:
@@ -377,8 +386,8 @@ class Rollout:
                 (e.g. to score it); if it raises, or generation does, the rollout is left exactly as it
                 was, sampler noise included, and the error propagates: the step is all or nothing.
         Returns:
-            TensorDict (B, tf): rgb uint8 (H, W, 3), depth (H, W, 1) metres, pose (4, 4) in the episode
-            frame, intrinsics (3, 3).
+            TensorDict (B, tf): rgb uint8 (H, W, 3), depth (H, W, 1) metres (not for a codec without depth),
+            pose (4, 4) in the episode frame, intrinsics (3, 3).
         """
         if len(sentences) != self.B:
             raise ValueError(f"got {len(sentences)} sentences for {self.B} worlds")
@@ -427,7 +436,7 @@ class Rollout:
                 decoded = self._decode(new, stream)
             K, c2w, pose = self._cameras(idx, n, new)
             # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame, posed as the body
-            new_frames = to_frames(decoded["rgb"], decoded["depth"], c2w, K, self.scale[idx], self.anchor[idx])
+            new_frames = to_frames(decoded["rgb"], decoded.get("depth"), c2w, K, self.scale[idx], self.anchor[idx])
             new_frames["pose"] = pose
             if self.cache is not None and self.model.refiner is not None:
                 new_frames["rgb"] = self._refine(idx, new_frames)
@@ -495,7 +504,7 @@ class Rollout:
 
     def _decode(self, latent: Tensor, stream: DecoderStream) -> dict[str, Tensor]:
         """``codec.decode_stream`` of latents (b, t, C, h, w) continuing ``stream`` (b worlds, updated in place),
-        ``micro`` worlds a call; float32 rgb (b, F, 3, H, W) and depth (b, F, 1, H, W)."""
+        ``micro`` worlds a call; float32 rgb (b, F, 3, H, W) and depth (b, F, 1, H, W) (absent without depth)."""
         started, parts = stream.started, []
         for rows in torch.arange(len(latent), device=self.device).split(self.micro):
             part = stream.select(rows)
@@ -509,13 +518,13 @@ class Rollout:
         if not (self.config.use_memory and self.model.config.use_memory):
             return None, None
         last = self.frames["pose"][torch.arange(self.B), self._frame_count() - 1]  # (B, 4, 4) current camera
-        keyframe, c2w, found = self.memory.retrieve(G.scale_poses(last, 1 / self.unit))  # (B, 4, H, W) RGB-D
+        keyframe, c2w, found = self.memory.retrieve(G.scale_poses(last, 1 / self.unit))  # (B, 4, H, W) RGB-D, or RGB
         if not bool(found.any()):
             return None, None
         K = self.frames["intrinsics"][:, 0]
+        depth = {"depth": keyframe[:, 3:].movedim(1, -1).clamp_min(1e-6)} if self.depth else {}
         frame = TensorDict(
-            {"rgb": keyframe[:, :3].movedim(1, -1).round().clamp(0, 255).to(torch.uint8),
-             "depth": keyframe[:, 3:].movedim(1, -1).clamp_min(1e-6),
+            {"rgb": keyframe[:, :3].movedim(1, -1).round().clamp(0, 255).to(torch.uint8), **depth,
              "pose": G.unscale_poses(c2w, self.unit), "intrinsics": K},
             [self.B],
         )
@@ -612,24 +621,28 @@ class Rollout:
         drop = n + 1 - self.keep
         mask = torch.zeros(self.B, dtype=torch.bool, device=self.device)  # the pool is batched over all B
         mask[idx] = True
-        keyframe = torch.zeros(self.B, 4, self.H, self.W, device=self.device)  # RGB-D; rows outside idx are ignored
+        # (B, 4, H, W) RGB-D, (B, 3, H, W) RGB without depth; rows outside idx are ignored
+        keyframe = torch.zeros(self.B, *self.memory.state["frame"].shape[2:], device=self.device)
         pose = torch.eye(4, device=self.device).repeat(self.B, 1, 1)
         for j in range(drop):
             key = frames[:, j * self.tf]  # (b,) keyframe of latent j
-            keyframe[idx] = torch.cat([key["rgb"].movedim(-1, 1).float(), key["depth"].movedim(-1, 1)], dim=1)
+            channels = [key[k].movedim(-1, 1).float() for k in ("rgb", "depth") if k in key.keys()]  # (b, 3 | 1, H, W)
+            keyframe[idx] = torch.cat(channels, dim=1)
             pose[idx] = G.scale_poses(key["pose"], 1 / self.unit[idx])
             self.memory.add(keyframe, pose, mask)
-        kept = self._anchor_to_start(idx, frames[:, drop * self.tf :])  # (b, 1 + (keep - 1) * tf)
+        kept = frames[:, drop * self.tf :]  # (b, 1 + (keep - 1) * tf)
+        scale = self.scale[idx]  # without depth every window keeps the start frame's scale: nothing to re-anchor on
+        if self.depth:
+            kept = self._anchor_to_start(idx, kept)
+            # The new scale comes from the predicted depth of the new first frame. Its nearest pixel is no
+            # anchor: a few generated pixels sit far nearer than the surface around them (shipped model: max
+            # normalised disparity 1.0-2.0 where the 99th percentile is 0.6-1.0), and re-anchoring on them
+            # shrinks the scale at every slide (0.94x a step: 0.75 -> 1e-15 in 600 steps, then depth 0 and
+            # NaN). So the scale is set by a low quantile of depth, and its change per slide is bounded too.
+            scale = G.window_scale(kept["depth"][:, 0, ..., 0], quantile=self.config.scale_quantile).clamp(
+                scale / self.config.max_rescale, scale * self.config.max_rescale
+            )
         anchor = kept["pose"][:, 0]
-        # The new scale comes from the predicted depth of the new first frame. Its nearest pixel is no
-        # anchor: a few generated pixels sit far nearer than the surface around them (shipped model: max
-        # normalised disparity 1.0-2.0 where the 99th percentile is 0.6-1.0), and re-anchoring on them
-        # shrinks the scale at every slide (0.94x a step: 0.75 -> 1e-15 in 600 steps, then depth 0 and
-        # NaN). So the scale is set by a low quantile of depth, and its change per slide is bounded too.
-        previous = self.scale[idx]
-        scale = G.window_scale(kept["depth"][:, 0, ..., 0], quantile=self.config.scale_quantile).clamp(
-            previous / self.config.max_rescale, previous * self.config.max_rescale
-        )
         with self._net():
             normalized = normalize_frames(kept, anchor, scale)
             latents = torch.cat([self.model.encode(part).float() for part in normalized.split(self.micro)])  # (b, keep, C, h, w)

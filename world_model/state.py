@@ -23,23 +23,31 @@ from world_model import geometry as G
 FRAME_KEYS = ("rgb", "depth", "pose", "intrinsics")  # the observation keys of a frame
 
 
+def frame_keys(depth: bool) -> tuple[str, ...]:
+    """The keys of a frame: ``FRAME_KEYS``, without ``depth`` for a model whose codec has none."""
+    return FRAME_KEYS if depth else tuple(k for k in FRAME_KEYS if k != "depth")
+
+
 def normalize_frames(frames: TensorDict, ref_pose: Tensor, scale: Tensor) -> TensorDict:
     """Frames (..., T) as states of the window whose first camera is ``ref_pose`` (..., 4, 4) in the frames'
     coordinates and whose scale is ``scale`` (...,) metres per unit.
 
     Returns:
-        TensorDict with batch size (...): ``rgb`` (T, 3, H, W) in [-1, 1], ``depth`` (T, 1, H, W) encoded,
-        ``raymap`` (T, 6, H, W), ``pose`` (T, 4, 4) normalised, ``intrinsics`` (T, 3, 3).
+        TensorDict with batch size (...): ``rgb`` (T, 3, H, W) in [-1, 1], ``depth`` (T, 1, H, W) encoded
+        (when the frames have depth: a codec without depth encodes none), ``raymap`` (T, 6, H, W), ``pose``
+        (T, 4, 4) normalised, ``intrinsics`` (T, 3, 3).
     """
-    depth = frames["depth"][..., 0].float()  # (..., T, H, W)
-    H, W = depth.shape[-2:]
+    H, W = frames["rgb"].shape[-3:-1]
     pose = G.relative_pose(ref_pose[..., None, :, :], frames["pose"])  # (..., T, 4, 4)
     pose = G.scale_poses(pose, scale[..., None])
     K = frames["intrinsics"].float()
+    depth = {}
+    if "depth" in frames.keys():  # (..., T, 1, H, W)
+        depth["depth"] = G.encode_depth(frames["depth"][..., 0].float(), scale[..., None]).unsqueeze(-3)
     return TensorDict(
         {
             "rgb": frames["rgb"].movedim(-1, -3).float() / 127.5 - 1.0,  # (..., T, 3, H, W)
-            "depth": G.encode_depth(depth, scale[..., None]).unsqueeze(-3),  # (..., T, 1, H, W)
+            **depth,
             "raymap": G.camera_to_raymap(K, pose, H, W),  # (..., T, 6, H, W)
             "pose": pose,
             "intrinsics": K,

@@ -17,7 +17,6 @@ from deepverse_env.spaces import (
     action_id, action_space, check_action_sequences, check_images, check_seed, observation_space,
 )
 from world_model.model import DeepVerse
-from world_model.state import FRAME_KEYS
 
 
 class DeepVerseEnv(gym.Env):
@@ -50,7 +49,10 @@ class DeepVerseEnv(gym.Env):
     | `intrinsics` | (3, 3)    | float32 | predicted pinhole K in pixels                                |
 
     H, W are the model's frame size (64 x 64 for the shipped model). For stable-baselines3, wrap with
-    ``deepverse_env.wrappers.SB3Observation``.
+    ``deepverse_env.wrappers.SB3Observation``. A model whose codec has no depth (the no-depth ablation) has
+    no `depth` key, in the space, the observations and ``info["frames"]`` alike: nothing stands in for it
+    (hooks that need depth, ``SB3Observation`` and ``export_point_cloud`` refuse such a world; its render's
+    depth tile is black and its map shows the camera path alone).
 
     ``info`` of ``step``: ``frames`` (the chunk: ``rgb`` (F, H, W, 3), ``depth`` (F, H, W, 1), ``pose``
     (F, 4, 4), ``intrinsics`` (F, 3, 3)), ``sentence`` (the caption the model was given), ``scale``
@@ -74,8 +76,9 @@ class DeepVerseEnv(gym.Env):
     simulator's stream); ``EpisodeStarts(DIR)`` starts from recorded episodes (seed s: episode
     ``s % n``). ``options={"image": rgb}`` starts from any RGB image instead, uint8 (H, W, 3): the model
     first generates its depth and camera (first-frame completion), in units of 1 m (the scale of one
-    image is unknown). The first pose is the identity. Sampler noise comes from a ``torch.Generator``
-    seeded from ``np_random`` when ``reset`` gets a seed: same seed and actions, same observations (CPU).
+    image is unknown); a model without depth takes a 4D start's true depth for its scale alone. The first
+    pose is the identity. Sampler noise comes from a ``torch.Generator`` seeded from ``np_random`` when
+    ``reset`` gets a seed: same seed and actions, same observations (CPU).
 
     ## Episode End
 
@@ -159,7 +162,7 @@ class DeepVerseEnv(gym.Env):
         self.actions = self.world.actions
         self.height, self.width, self.frames_per_step = self.world.H, self.world.W, self.world.F
         self.action_space = action_space(self.actions, self.config.text_actions)
-        self.observation_space = observation_space(self.height, self.width)
+        self.observation_space = observation_space(self.height, self.width, "depth" in self.world.keys)
         self._seeded = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -185,7 +188,7 @@ class DeepVerseEnv(gym.Env):
         if self._window is not None:
             self._window.show(self.world.panel(0))
         info = {
-            "frames": {k: chunk[k][0].cpu().numpy() for k in FRAME_KEYS},
+            "frames": {k: chunk[k][0].cpu().numpy() for k in self.world.keys},
             "sentence": self.world.sentences[i],
             "scale": float(self.world.rollout.scale[0]),
         }
@@ -211,7 +214,7 @@ class DeepVerseEnv(gym.Env):
             state: a ``get_state()`` snapshot to start from (default: now).
             seed: of the imagined noise, an integer in [0, 2**64) (default: drawn from ``np_random``).
         Returns:
-            TensorDict (N, L): ``rgb``, ``depth``, ``pose``, ``intrinsics`` after each step, ``action``,
+            TensorDict (N, L): ``rgb``, ``depth`` (with depth), ``pose``, ``intrinsics`` after each step, ``action``,
             ``reward`` and ``terminated`` from the hooks, ``scale``. The env itself is left as it was.
 
         Candidates are rolled ``imagine_chunk`` (default 64) at a time, so memory stays bounded whatever N
@@ -271,7 +274,10 @@ class DeepVerseEnv(gym.Env):
         self.world.set_state(state)
 
     def export_point_cloud(self, path: str | Path, binary: bool = True) -> Path:
-        """Write the accumulated predicted point cloud of this episode (``map_points`` at most) as ``.ply``."""
+        """Write the accumulated predicted point cloud of this episode (``map_points`` at most) as ``.ply``;
+        ValueError for a world without depth (it has no point cloud)."""
+        if "depth" not in self.world.keys:
+            raise ValueError("this world's model has no depth (codec use_depth false): it has no point cloud to export")
         cloud = self.world.maps[0].cloud
         return write_ply(path, cloud.points, cloud.colours, binary=binary)
 

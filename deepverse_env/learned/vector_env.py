@@ -14,7 +14,6 @@ from deepverse_env.learned.world import LearnedWorld, load_model, make_config
 from deepverse_env.sim.vector_env import check_vector_arguments, vector_seeds
 from deepverse_env.spaces import action_id, action_space, check_images, observation_space
 from world_model.model import DeepVerse
-from world_model.state import FRAME_KEYS
 
 
 class DeepVerseVectorEnv(VectorEnv):
@@ -34,8 +33,9 @@ class DeepVerseVectorEnv(VectorEnv):
     holds that frame repeated and ``sentence`` is "". ``reset(options={"image": ...})`` starts every
     world from an image ((H, W, 3) for all, or (N, H, W, 3)); restarts still come from the loader.
 
-    Observations are the single env's dict batched along a first dim of N; ``info`` holds ``frames``
-    (each key (N, F, ...)), ``sentence`` (N,) strings, ``scale`` (N,) and ``scene_seed`` (N,). Arguments
+    Observations are the single env's dict (no ``depth`` for a model without it) batched along a first dim
+    of N; ``info`` holds ``frames`` (each key (N, F, ...)), ``sentence`` (N,) strings, ``scale`` (N,) and
+    ``scene_seed`` (N,). Arguments
     are those of ``DeepVerseEnv`` plus ``num_envs`` and ``max_episode_steps`` (truncation, None for never).
     """
 
@@ -61,7 +61,7 @@ class DeepVerseVectorEnv(VectorEnv):
         self.height, self.width, self.frames_per_step = self.world.H, self.world.W, self.world.F
         self.single_action_space = action_space(self.actions, self.config.text_actions)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.single_observation_space = observation_space(self.height, self.width)
+        self.single_observation_space = observation_space(self.height, self.width, "depth" in self.world.keys)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._rngs: list[np.random.Generator] | None = None
         self._steps = np.zeros(self.num_envs, dtype=np.int64)
@@ -91,7 +91,7 @@ class DeepVerseVectorEnv(VectorEnv):
         reward, terminated, frames = np.zeros(N), np.zeros(N, dtype=bool), None
         if not restart.all():  # restarting worlds ride along and are restarted after the step
             chunk, r, t = self.world.step(ids)
-            frames = {k: chunk[k].cpu().numpy().copy() for k in FRAME_KEYS}  # restarted rows are overwritten
+            frames = {k: chunk[k].cpu().numpy().copy() for k in self.world.keys}  # restarted rows are overwritten
             reward = np.where(restart, 0.0, r.cpu().numpy().astype(np.float64))
             terminated = t.cpu().numpy() & ~restart
         if restart.any():
@@ -100,7 +100,7 @@ class DeepVerseVectorEnv(VectorEnv):
         if frames is None:
             frames = {k: np.repeat(v[:, None], F, axis=1) for k, v in obs.items()}
         else:
-            for k in FRAME_KEYS:
+            for k in self.world.keys:
                 frames[k][restart] = obs[k][restart, None]
         self._steps = np.where(restart, 0, self._steps + 1)
         truncated = np.zeros(N, dtype=bool)

@@ -27,7 +27,7 @@ from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig
 from world_model.model import DeepVerse, load_pretrained
 from world_model.rollout import AUTOCAST, Rollout, RolloutConfig
-from world_model.state import FRAME_KEYS
+from world_model.state import frame_keys
 from world_model.text import SENTENCES
 
 
@@ -163,6 +163,10 @@ def load_model(checkpoint: str | Path | DeepVerse | None, device: str | torch.de
 class LearnedWorld:
     """B worlds of a world model: start, step, score, imagine, snapshot, draw. The core of both envs.
 
+    A model whose codec has no depth (the no-depth ablation) gives frames without ``depth`` (``keys``; the
+    rollout's depth-free mode): hooks that need depth refuse it, the panel's depth tile is black and the map
+    holds the camera path alone. Its starts still take a true depth, which sets the world's scale.
+
     Args:
         model: the world model (shared, not copied).
         num_worlds: B.
@@ -174,6 +178,7 @@ class LearnedWorld:
         self.B = int(num_worlds)
         self.device = next(model.parameters()).device
         self.H, self.W, self.F = model.config.height, model.config.width, model.frames_per_chunk
+        self.keys = frame_keys(model.codec.use_depth)  # the observation keys (no depth for a model without it)
         if c.frames_per_step is not None and c.frames_per_step != self.F:
             raise ValueError(
                 f"frames_per_step={c.frames_per_step!r} does not match the model's chunk of {self.F} frames "
@@ -230,7 +235,7 @@ class LearnedWorld:
             batches = [(state[torch.zeros(n, dtype=torch.long, device=state.device)], np.arange(n))]
         for before, ids in batches:
             try:
-                after = before.select(*FRAME_KEYS)
+                after = before.select(*self.keys)
                 _, reward, done = hooks.step(before, ids, after)
                 for what, out in (("reward", reward), ("termination", done)):
                     if not torch.is_tensor(out) or tuple(out.shape) != (len(ids),):
@@ -243,8 +248,8 @@ class LearnedWorld:
                 ) from e
 
     def _stand_in(self) -> TensorDict:
-        """(B,) plain first frames for a dry run before any start: black, 1 m deep, identity pose, a pinhole
-        of ``fov_deg``."""
+        """(B,) plain first frames for a dry run before any start: black, 1 m deep (with depth), identity pose,
+        a pinhole of ``fov_deg``."""
         f = self.W / 2 / math.tan(math.radians(float(self.config.fov_deg)) / 2)
         K = torch.tensor([[f, 0, self.W / 2], [0, f, self.H / 2], [0, 0, 1]], dtype=torch.float32)
         B = self.B
@@ -252,7 +257,7 @@ class LearnedWorld:
             {"rgb": torch.zeros(B, self.H, self.W, 3, dtype=torch.uint8), "depth": torch.ones(B, self.H, self.W, 1),
              "pose": torch.eye(4).repeat(B, 1, 1), "intrinsics": K.repeat(B, 1, 1)},
             [B], device=self.device,
-        )
+        ).select(*self.keys)
 
     # ---- start and step ------------------------------------------------------------------------
 
@@ -312,12 +317,16 @@ class LearnedWorld:
         return chunk, reward, terminated
 
     def _record(self, idx: np.ndarray, frames: TensorDict) -> None:
-        """Add the frames (len(idx),) of worlds ``idx`` to their maps: camera position and points."""
+        """Add the frames (len(idx),) of worlds ``idx`` to their maps: camera position and points (none
+        without depth)."""
         s = max(1, self.H // 32)  # about 32 x 32 points per frame
         K = frames["intrinsics"].clone()
         K[:, :2] = K[:, :2] / s  # pixel i * s of the full frame is pixel i of the strided one
-        points = G.unproject(frames["depth"][:, ::s, ::s, 0], K, frames["pose"]).flatten(1, 2).cpu().numpy()
         colours = frames["rgb"][:, ::s, ::s].flatten(1, 2).cpu().numpy()  # (n, P, 3)
+        if "depth" in frames.keys():
+            points = G.unproject(frames["depth"][:, ::s, ::s, 0], K, frames["pose"]).flatten(1, 2).cpu().numpy()
+        else:
+            points, colours = np.zeros((len(idx), 0, 3), np.float32), colours[:, :0]  # (n, 0, 3)
         positions = frames["pose"][:, :3, 3].cpu().numpy()  # (n, 3)
         for j, i in enumerate(idx):
             self.maps[i].add(points[j], colours[j], positions[j])
@@ -325,13 +334,14 @@ class LearnedWorld:
     # ---- reading ---------------------------------------------------------------------------------
 
     def observation(self) -> dict[str, np.ndarray]:
-        """The current frame of every world: the observation keys, each (B, ...), as numpy copies."""
-        return {k: self.td[k].cpu().numpy().copy() for k in FRAME_KEYS}
+        """The current frame of every world: the observation keys (``keys``), each (B, ...), as numpy copies."""
+        return {k: self.td[k].cpu().numpy().copy() for k in self.keys}
 
     def panel(self, i: int) -> np.ndarray:
-        """World i's picture: predicted RGB | depth colour map | top-down map of its predicted point cloud
-        and camera path; the layout of ``DeepVerseSim-v0``'s render, so the two line up."""
-        rgb, depth, pose = (self.td[k][i].cpu().numpy() for k in ("rgb", "depth", "pose"))
+        """World i's picture: predicted RGB | depth colour map (black without depth) | top-down map of its
+        predicted point cloud and camera path; the layout of ``DeepVerseSim-v0``'s render, so the two line up."""
+        rgb, pose = (self.td[k][i].cpu().numpy() for k in ("rgb", "pose"))
+        depth = self.td["depth"][i].cpu().numpy() if "depth" in self.keys else None
         return self.maps[i].panel(rgb, depth, pose)
 
     def nbytes(self) -> int:
@@ -400,7 +410,7 @@ class LearnedWorld:
             ids: (M, L) action ids.  state: start from this snapshot instead of the current worlds.
             seed: of the imagined rollout's noise, an integer in [0, 2**64).
         Returns:
-            TensorDict (M, L): the frame after each step (rgb, depth, pose, intrinsics), ``action``,
+            TensorDict (M, L): the frame after each step (``keys``: rgb, depth, pose, intrinsics), ``action``,
             ``reward`` and ``terminated`` from the hooks, and ``scale`` (the window scale).
         """
         if state is not None:
@@ -422,7 +432,7 @@ class LearnedWorld:
         branch.generator = torch.Generator(self.device).manual_seed(seed)
         frames, scales = [], []
         for step_ids in ids.T:  # (M,) per step
-            frames.append(branch.step([self.sentences[i] for i in step_ids])[:, -1].select(*FRAME_KEYS))
+            frames.append(branch.step([self.sentences[i] for i in step_ids])[:, -1].select(*self.keys))
             scales.append(branch.scale.clone())
         del branch  # its copy of the rollout state goes before the next chunk's is made
         # (M, L); the hooks start from td[rows], their entries included, so stateful hooks branch too
