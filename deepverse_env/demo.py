@@ -165,7 +165,8 @@ def run_demo(
     model = load_model(checkpoint)
     if not model.codec.use_depth:
         raise ValueError(
-            f"deepverse demo shows the predicted depth and point cloud, and the model {checkpoint} has none (no depth codec)"
+            f"deepverse demo shows the predicted depth and point cloud, and the model {checkpoint} has no depth "
+            "(codec use_depth false)"
         )
     env = DeepVerseEnv(checkpoint=model, render_mode="rgb_array", action_set=action_set, render_cache=render_cache)
     script = [script[i % len(script)] for i in range(steps or len(script))]

@@ -285,8 +285,8 @@ def _report(summary: dict) -> str:
             for name, scores in rows.items():
                 for metric in SHOWN:
                     if metric in scores:
-                        values = scores[metric] or [None] * summary["frames"]  # None: not available (no depth)
-                        cells = ["n/a" if values[h - 1] is None else f"{values[h - 1]:.3f}" for h in marks]
+                        per_frame = scores[metric]  # None: not available (a model without depth)
+                        cells = [f"{per_frame[h - 1]:.3f}" if per_frame else "n/a" for h in marks]
                         lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += [

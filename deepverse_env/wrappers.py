@@ -45,7 +45,7 @@ class SB3Observation(gym.ObservationWrapper):
             raise ValueError(f"near must be > 0 metres, got {near!r}")
         self.near = float(near)
         if "depth" not in env.observation_space.spaces:
-            raise ValueError("SB3Observation needs the depth key, and this env observes none (a world model without it)")
+            raise ValueError("SB3Observation needs the depth key, and this env observes none (a model without depth)")
         H, W = env.observation_space["rgb"].shape[:2]
         self.size = np.array([W, H, W, H], dtype=np.float32)
         self.extra = [k for k in env.observation_space.spaces if k not in FRAME_KEYS]

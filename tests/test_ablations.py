@@ -1,15 +1,15 @@
 """``deepverse eval --compare``: the ablation tables from several checkpoints (Table 1 at two horizons per start,
-the revisit table, comparison.json, a plot per metric), a model without depth reported as not evaluated, clear
-errors."""
+the revisit table, comparison.json, a plot per metric), a model without depth scored on RGB and cameras with its
+depth and self-consistency scores not available, clear errors."""
 import json
 import re
 
 import pytest
 
 from conftest import TINY_DIT, perturb_zero_init
-from deepverse_env.ablations import BASELINES, NOT_EVALUATED, REASON, run_compare
+from deepverse_env.ablations import BASELINES, run_compare
 from deepverse_env.cli import main
-from deepverse_env.evaluate import SHOWN
+from deepverse_env.evaluate import NEEDS_DEPTH, SHOWN
 from world_model.model import DeepVerse, DeepVerseConfig
 
 HORIZONS = [4, 8]  # --frames 8: frame frames // 2 and frame frames
@@ -62,13 +62,18 @@ def test_compare_writes_tables_with_models_baselines_and_both_horizons(compariso
         assert [r.split("|")[1].strip() for r in rows] == [
             "grounded", "grounded (paper path)", "plain", "no_depth", *BASELINES
         ]
-        assert rows[3].startswith(f"| no_depth | {NOT_EVALUATED} |")
+        no_depth = dict(zip(header.split("|")[2:-1], rows[3].split("|")[2:-1]))  # column -> cell
+        for column, cell in no_depth.items():
+            not_available = any(name in column for name in ("depth AbsRel", "consistency")) or (
+                "image" in table.splitlines()[0] and "trans." in column  # no metric scale from an image
+            )
+            assert (cell.strip() == "—") == not_available, (column, cell)  # PSNR, SSIM, camera errors: scored
     image_plain = tables[1].split("| plain |")[1].split("\n")[0].split("|")
     assert image_plain[SHOWN.index("trans_err_m")].strip() == "—"  # an image start has no metric scale
     revisit = [r for r in tables[2].splitlines() if r.startswith("| ")][1:]
     assert "| grounded (paper path) | full_turn | 1 | off |" in tables[2]
-    assert f"| no_depth | {NOT_EVALUATED} |" in tables[2]
-    assert len(revisit) == 3 * 3 * 2 + 1 + 3  # 3 rows x 3 trajectories x memory on/off, no_depth, truth per trajectory
+    assert "| no_depth | loop |" in tables[2]
+    assert len(revisit) == 4 * 3 * 2 + 3  # 4 rows x 3 trajectories x memory on/off, truth per trajectory
     assert all((out / f"{m}.png").stat().st_size > 0 for m in SHOWN)
 
 
@@ -77,19 +82,27 @@ def test_compare_json_holds_each_models_own_numbers(comparison):
     c = json.loads((out / "comparison.json").read_text())
     assert c["horizons"] == HORIZONS and set(c["table"]) == {"4d", "image"}
     for name, rows in (("grounded", {"grounded": "grounded", "paper path": "grounded (paper path)"}),
-                       ("plain", {"paper path": "plain"})):
+                       ("plain", {"paper path": "plain"}), ("no_depth", {"paper path": "no_depth"})):
         own = json.loads((out / name / "metrics.json").read_text())
         assert set(own["results"]) == set(rows)
         for path, row in rows.items():
             for start in ("4d", "image"):
                 model = own["results"][path][start]["model"]
-                assert c["table"][start][row] == {m: [v[h - 1] for h in HORIZONS] for m, v in model.items()}
+                assert c["table"][start][row] == {
+                    m: [None if v is None else v[h - 1] for h in HORIZONS] for m, v in model.items()
+                }
             assert c["revisit"][row] == own["revisit"][path]
     first = json.loads((out / "grounded" / "metrics.json").read_text())["results"]["grounded"]["4d"]
     assert c["table"]["4d"]["warp"]["psnr"] == [first["warp"]["psnr"][h - 1] for h in HORIZONS]
-    assert c["table"]["4d"]["no_depth"] == c["revisit"]["no_depth"] == {"not evaluated": REASON}
-    assert c["models"]["no_depth"]["not evaluated"] == REASON and c["models"]["plain"]["out"] == "plain"
-    assert not (out / "no_depth").exists()
+    # The model without depth (one path: no 3D cache): its depth and self-consistency scores are null, the rest real.
+    for start in ("4d", "image"):
+        row = c["table"][start]["no_depth"]
+        assert all(row[m] == [None, None] for m in NEEDS_DEPTH)
+        assert all(isinstance(x, float) for m in ("psnr", "ssim", "sharpness", "rot_err_deg") for x in row[m])
+    assert all(isinstance(x, float) for x in c["table"]["4d"]["no_depth"]["trans_err_m"])
+    for scores in c["revisit"]["no_depth"].values():
+        assert scores["memory on"]["depth_abs_rel"] is None and isinstance(scores["memory on"]["psnr"], float)
+    assert c["models"]["no_depth"]["out"] == "no_depth" and c["models"]["plain"]["out"] == "plain"
     assert set(c["revisit"]["truth"]) == {"out_and_back", "full_turn", "loop"}
 
 
@@ -103,7 +116,6 @@ def test_compare_json_holds_each_models_own_numbers(comparison):
         (["warp=GROUNDED"], "--compare: NAME must be .* got 'warp'"),
         (["a/b=GROUNDED"], "--compare: NAME must be .* got 'a/b'"),
         (["a=GROUNDED", "b=LARGE"], "--compare: the models must share one frame size and chunk .*b 32x32"),
-        (["a=NO_DEPTH"], f"--compare: no model can be evaluated \\(a: {re.escape(NOT_EVALUATED)}\\)"),
         ([], "argument --compare: expected at least one argument"),
         (["a=GROUNDED", "--checkpoint", "GROUNDED"], "argument --checkpoint: not allowed with argument --compare"),
         (["a=GROUNDED", "--frames", "6"], "--frames must be a positive multiple of the chunk \\(4 frames\\), got 6"),
@@ -113,8 +125,7 @@ def test_compare_json_holds_each_models_own_numbers(comparison):
 def test_compare_bad_arguments(models, message, checkpoints, tmp_path, capsys):
     """One line naming the bad value, exit status 2, nothing written (not even the output folder)."""
     (tmp_path / "empty").mkdir()
-    folders = {"GROUNDED": checkpoints["grounded"], "PLAIN": checkpoints["plain"],
-               "NO_DEPTH": checkpoints["no_depth"], "EMPTY": tmp_path / "empty"}
+    folders = {"GROUNDED": checkpoints["grounded"], "PLAIN": checkpoints["plain"], "EMPTY": tmp_path / "empty"}
     if any("LARGE" in a for a in models):
         folders["LARGE"] = _save(tmp_path, "large", height=32, width=32)
     args = [re.sub("|".join(folders), lambda m: str(folders[m.group()]), a) for a in models]

@@ -88,6 +88,45 @@ def test_check_env(tmp_path, monkeypatch):
     check_env(make(fast_model(), text_actions=True).unwrapped, skip_render_check=True)
 
 
+@pytest.mark.filterwarnings("ignore:.*infinity")  # pose is unbounded by design
+def test_a_model_without_depth_observes_no_depth(model, tmp_path):
+    """The no-depth ablation as DeepVerse-v0: no depth key in the spaces, observations and frames, nothing made up;
+    rendering, snapshots, imagine and the vector env work, and what needs depth says so."""
+    torch.manual_seed(0)
+    config = DeepVerseConfig(codec="pixel", height=SIZE, width=SIZE, dit_overrides=TINY_DIT, sampler=dict(steps=1),
+                             codec_overrides={"use_depth": False})
+    DeepVerse(config).save_pretrained(tmp_path / "no_depth")
+    env = gym.make("DeepVerse-v0", checkpoint=tmp_path / "no_depth", render_mode="rgb_array")
+    assert set(env.observation_space.spaces) == {"rgb", "pose", "intrinsics"}
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    obs, _, _, _, info = env.step(1)
+    assert env.observation_space.contains(obs) and set(info["frames"]) == {"rgb", "pose", "intrinsics"}
+    with_depth = make(model, render_mode="rgb_array")
+    with_depth.reset(seed=0)
+    assert env.render().shape == with_depth.render().shape  # the same layout, a black depth tile
+    snapshot = env.unwrapped.get_state()
+    first = env.step(2)[0]
+    env.unwrapped.set_state(snapshot)
+    again = env.step(2)[0]
+    assert all(np.array_equal(first[k], again[k]) for k in first)
+    imagined = env.unwrapped.imagine(np.ones((2, 3), dtype=int), seed=0)
+    assert "depth" not in imagined.keys() and imagined["rgb"].shape == (2, 3, SIZE, SIZE, 3)
+    true, _ = DeepVerseSimEnv(height=SIZE, width=SIZE).reset(seed=1)
+    assert "depth" not in env.unwrapped.resync(true)  # a true 4D frame re-syncs it: its depth sets the scale
+    for hook in ("collision", "exploration"):
+        with pytest.raises(ValueError, match=f"the {hook} hook needs depth, and these frames have none"):
+            gym.make("DeepVerse-v0", checkpoint=tmp_path / "no_depth", reward=hook)
+    with pytest.raises(ValueError, match="SB3Observation needs the depth key"):
+        SB3Observation(env)
+    with pytest.raises(ValueError, match="no depth .*no point cloud"):
+        env.unwrapped.export_point_cloud(tmp_path / "cloud.ply")
+    envs = DeepVerseVectorEnv(2, checkpoint=tmp_path / "no_depth")
+    obs, _ = envs.reset(seed=0)
+    obs, _, _, _, info = envs.step([1, 2])
+    assert envs.observation_space.contains(obs) and "depth" not in info["frames"]
+
+
 def test_spaces_and_step_match_the_simulator(model):
     env = make(model, action_set="deepverse")
     sim = DeepVerseSimEnv(action_set="deepverse", height=SIZE, width=SIZE)
