@@ -1,7 +1,10 @@
 """``deepverse eval --compare NAME=DIR ...``: the ablation tables of issue 14 from several checkpoints in one command.
 
-    deepverse eval --compare shipped=shipped channel=CHANNEL_DIR no_memory=NO_MEMORY_DIR no_depth=NO_DEPTH_DIR \\
-        --frames 120 --out ablations/
+    deepverse eval --compare shipped=shipped base=ablations/base channel_history=ablations/channel_history \\
+        no_depth=ablations/no_depth --frames 120 --out eval_ablations/
+
+``ablations/`` holds the committed ablation exports (``scripts/train_ablations.sh``: every model trained with the same
+data, steps, batch and seed; MODEL_CARD.md has their tables).
 
 ``DIR`` is a ``save_pretrained`` directory (e.g. ``deepverse-train export --out DIR`` of a ``configs/ablation_*.yaml``
 run) or the word ``shipped`` (the shipped model; the word wins over a folder of that name). Each model gets the whole
