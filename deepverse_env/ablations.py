@@ -22,9 +22,11 @@ with those arguments. Then:
   revisit table: a row per model x trajectory x memory on/off
   (the returning view: PSNR and SSIM against the truth, PSNR against the view first seen), and a ``truth`` row per
   trajectory (the true returning view against the true first view).
+  Under each Table 1, every row's means over frames 1..``frames`` (a difference between two models at one frame can
+  be one world's accident; the mean weighs every horizon alike).
 - ``comparison.json``: the same numbers, as each model's ``metrics.json`` holds them: ``table`` start -> row ->
-  metric -> [score at each of ``horizons``]; ``revisit`` row -> that model's revisit suite (``truth``: trajectory ->
-  the true returning view's scores).
+  metric -> [score at each of ``horizons``]; ``mean`` start -> row -> metric -> mean over frames 1..``frames``;
+  ``revisit`` row -> that model's revisit suite (``truth``: trajectory -> the true returning view's scores).
 - one PNG per metric against the horizon, a line per model row and start, the baselines dotted (``evaluate._plots``).
 
 The baselines and the ``truth`` rows depend on the simulator alone (the same worlds, frame size and scripts for every
@@ -132,6 +134,10 @@ def _markdown(comparison: dict) -> str:
         for row, scores in rows.items():
             cells = [_cell(m, scores[m][horizons.index(h)] if m in scores else None) for m, h in columns]
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines += ["", f"Means over frames 1-{c['frames']} (every horizon weighted alike: steadier than one frame):", "",
+                  "| model | " + " | ".join(HEADERS[m] for m in SHOWN) + " |", "|---|" + "---|" * len(SHOWN)]
+        for row, scores in c["mean"][start].items():
+            lines.append(f"| {row} | " + " | ".join(_cell(m, scores.get(m)) for m in SHOWN) + " |")
         lines.append("")
     lines += [f"## Revisit (worlds {c['revisit_worlds']}: the returning view against the truth and against the view "
               "first seen; truth: the true returning view against the true first view)", "",
@@ -163,8 +169,11 @@ def run_compare(
     at_horizons = lambda rows, row: {  # noqa: E731  metric -> score per horizon (None: not available, as no depth)
         m: [None if v is None else v[h - 1] for h in horizons] for m, v in rows[row].items()
     }
+    mean = lambda rows, row: {  # noqa: E731  metric -> mean over frames 1..frames (None: not available)
+        m: None if v is None else round(sum(v) / len(v), 4) for m, v in rows[row].items()
+    }
     comparison = {"seeds": seeds, "frames": frames, "horizons": horizons, "action_seed": seed, "env": env,
-                  "models": {}, "table": {s: {} for s in starts}, "revisit": {}}
+                  "models": {}, "table": {s: {} for s in starts}, "mean": {s: {} for s in starts}, "revisit": {}}
     first = None  # the first model's metrics.json
     curves = {}  # table row -> start -> metrics.json's rows ("model" and the baselines): what _plots draws
     for name, folder in tqdm(named.items(), desc="models", disable=not progress):
@@ -176,12 +185,14 @@ def run_compare(
             curves[row] = summary["results"][path]
             for start, rows in curves[row].items():
                 comparison["table"][start][row] = at_horizons(rows, "model")
+                comparison["mean"][start][row] = mean(rows, "model")
             comparison["revisit"][row] = summary["revisit"][path]
         first = first or summary
     # the baseline and truth rows depend on the simulator alone: the first model's stand for all
     results, suite = (next(iter(first[k].values())) for k in ("results", "revisit"))  # its first path's
     for start, rows in results.items():
         comparison["table"][start].update({b: at_horizons(rows, b) for b in BASELINES})
+        comparison["mean"][start].update({b: mean(rows, b) for b in BASELINES})
     comparison["revisit"]["truth"] = {t: {"steps": r["steps"], **r["truth"]} for t, r in suite.items()}
     comparison["revisit_worlds"] = first["revisit_worlds"]
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1))

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import TINY_DIT, perturb_zero_init
-from deepverse_env.ablations import BASELINES, run_compare
+from deepverse_env.ablations import BASELINES, HEADERS, run_compare
 from deepverse_env.cli import main
 from deepverse_env.evaluate import NEEDS_DEPTH, SHOWN
 from world_model.model import DeepVerse, DeepVerseConfig
@@ -54,7 +54,13 @@ def test_compare_writes_tables_with_models_baselines_and_both_horizons(compariso
         "Revisit (worlds [2000000, 2000001]: the returning view against the truth and against the view first seen; "
         "truth: the true returning view against the true first view)",
     ]
-    for table in tables[:2]:
+    for section in tables[:2]:
+        table, means = section.split("Means over frames 1-8")  # Table 1, then every row's means over the horizon
+        mean_header, _, *mean_rows = [line for line in means.splitlines() if line.startswith("|")]
+        assert mean_header == "| model | " + " | ".join(HEADERS[m] for m in SHOWN) + " |"
+        assert [r.split("|")[1].strip() for r in mean_rows] == [
+            "grounded", "grounded (paper path)", "plain", "no_depth", *BASELINES
+        ]
         header, _, *rows = [line for line in table.splitlines() if line.startswith("|")]
         assert header.startswith("| model | PSNR @4 | SSIM @4 | sharpness @4 | depth AbsRel @4 |")
         assert "| PSNR @8 |" in header and header.endswith("| temporal consistency @8 |")
@@ -90,6 +96,9 @@ def test_compare_json_holds_each_models_own_numbers(comparison):
                 model = own["results"][path][start]["model"]
                 assert c["table"][start][row] == {
                     m: [None if v is None else v[h - 1] for h in HORIZONS] for m, v in model.items()
+                }
+                assert c["mean"][start][row] == {
+                    m: None if v is None else pytest.approx(sum(v) / len(v), abs=1e-4) for m, v in model.items()
                 }
             assert c["revisit"][row] == own["revisit"][path]
     first = json.loads((out / "grounded" / "metrics.json").read_text())["results"]["grounded"]["4d"]
