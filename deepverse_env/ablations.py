@@ -20,8 +20,9 @@ with those arguments. Then:
   paper's two horizon groups); "—" where a row has no such score (an ``image`` start has no metric depth or
   translation, a baseline no self-consistency, a model without depth no depth or self-consistency score). Then the
   revisit table: a row per model x trajectory x memory on/off
-  (the returning view: PSNR and SSIM against the truth, PSNR against the view first seen), and a ``truth`` row per
-  trajectory (the true returning view against the true first view).
+  (the returning view: PSNR and SSIM against the truth, PSNR against the view first seen, and the returning camera's
+  rotation error: whether the camera came back), and a ``truth`` row per trajectory (the true returning view against
+  the true first view).
   Under each Table 1, every row's means over frames 1..``frames`` (a difference between two models at one frame can
   be one world's accident; the mean weighs every horizon alike).
 - ``comparison.json``: the same numbers, as each model's ``metrics.json`` holds them: ``table`` start -> row ->
@@ -141,16 +142,17 @@ def _markdown(comparison: dict) -> str:
         lines.append("")
     lines += [f"## Revisit (worlds {c['revisit_worlds']}: the returning view against the truth and against the view "
               "first seen; truth: the true returning view against the true first view)", "",
-              "| model | trajectory | steps | memory | PSNR | SSIM | PSNR vs first view |", "|---" * 7 + "|"]
+              "| model | trajectory | steps | memory | PSNR | SSIM | PSNR vs first view | rot. err (deg) |", "|---" * 8 + "|"]
     for row, suite in c["revisit"].items():
         for trajectory, r in suite.items():
             if row == "truth":
-                lines.append(f"| truth | {trajectory} | {r['steps']} | | | | {_cell('psnr', r['psnr_first_view'])} |")
+                lines.append(f"| truth | {trajectory} | {r['steps']} | | | | {_cell('psnr', r['psnr_first_view'])} | |")
                 continue
             for memory in ("on", "off"):
                 s = r[f"memory {memory}"]
                 lines.append(f"| {row} | {trajectory} | {r['steps']} | {memory} | {_cell('psnr', s['psnr'])} | "
-                             f"{_cell('ssim', s['ssim'])} | {_cell('psnr', s['psnr_first_view'])} |")
+                             f"{_cell('ssim', s['ssim'])} | {_cell('psnr', s['psnr_first_view'])} | "
+                             f"{_cell('rot_err_deg', s['rot_err_deg'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -77,6 +77,7 @@ def test_compare_writes_tables_with_models_baselines_and_both_horizons(compariso
     image_plain = tables[1].split("| plain |")[1].split("\n")[0].split("|")
     assert image_plain[SHOWN.index("trans_err_m")].strip() == "—"  # an image start has no metric scale
     revisit = [r for r in tables[2].splitlines() if r.startswith("| ")][1:]
+    assert "| model | trajectory | steps | memory | PSNR | SSIM | PSNR vs first view | rot. err (deg) |" in tables[2]
     assert "| grounded (paper path) | full_turn | 1 | off |" in tables[2]
     assert "| no_depth | loop |" in tables[2]
     assert len(revisit) == 4 * 3 * 2 + 3  # 4 rows x 3 trajectories x memory on/off, truth per trajectory
