@@ -246,17 +246,22 @@ def _plots(results: dict, out: Path) -> list[str]:
 
     files = []
     for metric in SHOWN:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for label, per_start in results.items():
-            for start, rows in per_start.items():
-                for name, scores in rows.items():
-                    if scores.get(metric) is not None and (name == "model" or label == next(iter(results))):
-                        style = "-" if name == "model" else ":"
-                        tag = f"{label} {start}" if name == "model" else f"{name} {start}"
-                        ax.plot(range(1, len(scores[metric]) + 1), scores[metric], style, label=tag)
+        lines = [  # (label, style, scores): the models' rows, and the first label's baselines dotted
+            (f"{label} {start}" if name == "model" else f"{name} {start}", "-" if name == "model" else ":", scores[metric])
+            for label, per_start in results.items() for start, rows in per_start.items() for name, scores in rows.items()
+            if scores.get(metric) is not None and (name == "model" or label == next(iter(results)))
+        ]
+        many = len(lines) > 10  # past matplotlib's 10 default colours: 20 distinct ones, the legend beside the axes
+        colours = plt.get_cmap("tab20").colors if many else plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, ax = plt.subplots(figsize=(9, 4) if many else (6, 3.5))
+        for i, (tag, style, scores) in enumerate(lines):
+            ax.plot(range(1, len(scores) + 1), scores, style, label=tag, color=colours[i % len(colours)])
         ax.set_xlabel("frame")
         ax.set_ylabel(metric)
-        ax.legend(fontsize=7)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out / f"{metric}.png"
