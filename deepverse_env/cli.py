@@ -371,9 +371,14 @@ def run_eval(args: argparse.Namespace) -> dict:
     from deepverse_env.ablations import run_compare
     from deepverse_env.evaluate import run_eval as evaluate
 
+    env = dict(args.env)
+    if args.device is not None:
+        if "device" in env:
+            raise ValueError(f"give the device once: --device {args.device} or --env device={env['device']}, not both")
+        env["device"] = args.device
     common = dict(
         seeds=args.seeds, frames=args.frames, starts=tuple(args.starts), compare_paper_path=not args.no_paper_path,
-        seed=args.seed, progress=not args.no_progress, env=dict(args.env), revisit_steps=args.revisit_steps,
+        seed=args.seed, progress=not args.no_progress, env=env, revisit_steps=args.revisit_steps,
     )
     with output_dir(args.out) as out:
         if args.compare is not None:
@@ -414,6 +419,7 @@ def add_eval(subparsers) -> None:
         help="a setting of the learned env (DeepVerse-v0 keyword, value in YAML), repeatable: e.g. --env dtype=bfloat16 "
         "--env carry_decoder=false --env use_memory=false",
     )
+    p.add_argument("--device", help="where the models run, e.g. cuda (default cpu; the same as --env device=...)")
     p.add_argument(
         "--revisit-steps", type=positive_int, default=60,
         help="cap on each revisit trajectory in env steps (default 60: all three fit whole at 4 frames a step)",

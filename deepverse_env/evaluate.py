@@ -1,7 +1,7 @@
 """``deepverse eval``: open-loop rollouts of the learned world against the simulator on held-out worlds (M15).
 
     deepverse eval --out eval/                          # shipped model, 8 test worlds, 60 frames, both starts
-    deepverse eval --checkpoint DIR --seeds 2000000:2000016 --frames 120 --no-paper-path
+    deepverse eval --checkpoint DIR --seeds 2000000:2000016 --frames 120 --no-paper-path --device cuda
     deepverse eval --compare shipped=shipped no_memory=DIR --frames 120   # several models side by side (ablations.py)
 
 For every world of ``--seeds`` (held out: training uses seeds 0.., validation 1,000,000.., test 2,000,000..)

@@ -5,6 +5,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from conftest import perturb_zero_init, tiny_config
 from deepverse_env.cli import main
@@ -82,6 +83,11 @@ def test_revisit_trajectories_from_the_step_length_and_turn_angle():
         (["--env", "render_cache=false"], "env options \\['render_cache'\\] are not settings"),
         (["--env", "use_memory=maybe"], "use_memory must be True or False, got 'maybe'"),
         (["--revisit-steps", "0"], "argument --revisit-steps: must be a positive integer, got '0'"),
+        (["--device", "tpu9"], "device must be a torch device such as 'cpu' or 'cuda', got 'tpu9'"),
+        (["--env", "device=tpu9"], "device must be a torch device"),
+        (["--device", "cpu", "--env", "device=cpu"], "give the device once: --device cpu or --env device=cpu"),
+        pytest.param(["--device", "cuda"], "torch sees no CUDA device", marks=pytest.mark.skipif(
+            torch.cuda.is_available(), reason="a CUDA device is present")),
     ],
 )
 def test_eval_bad_arguments(args, message, grounded_checkpoint, tmp_path, capsys):

@@ -59,12 +59,14 @@ class LearnedEnvConfig:
         """Strict types for the plain settings, so ``use_memory="no"`` is an error, not True; integers are
         normalised to ``int`` (numpy integers are accepted). The others are checked where they are used:
         ``action_set`` (get_action_set), ``sampler`` (SamplerConfig.merged), ``reward`` / ``termination``
-        (Hooks), ``starts``, ``frames_per_step`` and ``dtype`` (LearnedWorld), ``device`` (torch)."""
+        (Hooks), ``starts``, ``frames_per_step`` and ``dtype`` (LearnedWorld). ``device`` must name a device this
+        machine has (a CUDA one only where torch sees it)."""
         for name in ("text_actions", "use_memory", "render_cache", "embodied", "carry_decoder"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
             setattr(self, name, bool(value))
+        _check_device(self.device)
         for name, low in (("cache_max", 2), ("memory_capacity", 1), ("map_points", 1), ("imagine_chunk", 1)):
             setattr(self, name, _integer(getattr(self, name), name, low))
         if self.frames_per_step is not None:
@@ -138,6 +140,18 @@ class WorldState:
     maps: list[WorldMap]
     scene_seeds: np.ndarray
     source: StateSource  # what it was taken from: set_state and imagine check it before touching anything
+
+
+def _check_device(device) -> None:
+    """ValueError unless ``device`` (a string or ``torch.device``) names a device this machine has."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: torch sees no CUDA device on this machine (use 'cpu')")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def load_model(checkpoint: str | Path | DeepVerse | None, device: str | torch.device = "cpu") -> DeepVerse:
