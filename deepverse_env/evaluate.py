@@ -347,8 +347,7 @@ def run_eval(
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))
-    # the model uses the 3D cache (built from depth: a model without depth has the paper path alone)
-    grounded = model.codec.use_depth and (model.refiner is not None or model.dit.config.render_frame)
+    grounded = model.uses_cache  # else the paper path alone (e.g. a model without depth)
     paths = {"grounded": True, "paper path": False} if grounded and compare_paper_path else {
         "grounded" if grounded else "paper path": grounded
     }

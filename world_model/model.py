@@ -173,6 +173,12 @@ class DeepVerse(nn.Module):
         """Video frames per generated latent frame (= one env step)."""
         return self.codec.temporal_factor
 
+    @property
+    def uses_cache(self) -> bool:
+        """Whether the 3D cache (M18) serves this model: it has a part the cache feeds (a refiner, or an MM-DiT with a
+        render frame) and depth to build the cache from. Without it a rollout runs the paper's path alone."""
+        return self.codec.use_depth and (self.refiner is not None or self.dit.config.render_frame)
+
     def history(self, latents: Tensor) -> Tensor | None:
         """The history the MM-DiT takes from a window's latents (B, n, C, h, w): the last m frames. In
         channel mode (Model 1, exactly m frames) a short window is left-padded by repeating its first

@@ -226,7 +226,7 @@ class Rollout:
         keyframe = (4 if self.depth else 3, self.H, self.W)  # RGB-D, RGB without depth
         self.memory = MemoryPool(c.memory, self.B, keyframe, device=self.device)
         self.stream = DecoderStream()  # each world's decoder state: a step decodes only its new chunk
-        grounded = self.depth and c.render_cache and (model.refiner is not None or model.dit.config.render_frame)
+        grounded = c.render_cache and model.uses_cache
         self.micro = int(c.micro_batch) if c.micro_batch is not None else 4 if self.device.type == "cpu" else self.B
         self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
 
