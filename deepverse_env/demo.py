@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from deepverse_env.actions import ActionSet, get_action_set
 from deepverse_env.export import VideoWriter
 from deepverse_env.learned.env import DeepVerseEnv
-from deepverse_env.learned.world import load_model
+from deepverse_env.learned.world import load_model, require_depth
 from deepverse_env.sim.env import DeepVerseSimEnv
 from world_model.metrics import copy_last_frame, frame_metrics
 
@@ -163,11 +163,7 @@ def run_demo(
     picture = None if image is None else read_image(image)
     t0 = time.perf_counter()
     model = load_model(checkpoint)
-    if not model.codec.use_depth:
-        raise ValueError(
-            f"deepverse demo shows the predicted depth and point cloud, and the model {checkpoint} has no depth "
-            "(codec use_depth false)"
-        )
+    require_depth(model, f"deepverse demo (its depth view and point cloud) of {checkpoint or 'the shipped model'}")
     env = DeepVerseEnv(checkpoint=model, render_mode="rgb_array", action_set=action_set, render_cache=render_cache)
     script = [script[i % len(script)] for i in range(steps or len(script))]
     start = None if picture is None else fit_image(picture, env.height, env.width)

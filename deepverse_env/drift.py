@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from deepverse_env.evaluate import parse_seeds
 from deepverse_env.learned.vector_env import DeepVerseVectorEnv
-from deepverse_env.learned.world import load_model
+from deepverse_env.learned.world import load_model, require_depth
 from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
 
 SERIES = ("height", "median_depth", "fx")
@@ -153,10 +153,7 @@ def run_drift(
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
     model = load_model(checkpoint)
-    if not model.codec.use_depth:
-        raise ValueError(
-            f"deepverse drift measures the predicted depth, and the model {checkpoint} has none (codec use_depth false)"
-        )
+    require_depth(model, f"deepverse drift (it measures depth) of {checkpoint or 'the shipped model'}")
     N = len(world_seeds)
     envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, embodied=embodied)
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)

@@ -125,3 +125,13 @@ def test_video_mp4_and_gif_fallback(tmp_path, monkeypatch):
         back = [f for f in imageio.get_reader(video.path)]
         assert len(back) == 4 and back[0].shape[:2] == ((32, 64) if ffmpeg else (30, 50))  # padded to 16s for H.264
         assert abs(int(back[2][5, 5, 0]) - 80) <= 3
+
+
+def test_demo_refuses_a_model_without_depth(tmp_path, capsys):
+    """The demo shows predicted depth and a point cloud: a no-depth model is a one-line error, nothing written."""
+    path = DeepVerse(tiny_config(codec_overrides={"use_depth": False})).save_pretrained(tmp_path / "no_depth")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--checkpoint", str(path), "--out", str(tmp_path / "demo")])
+    assert e.value.code == 2
+    assert "deepverse demo (its depth view and point cloud) of" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # the folder made for it is removed again

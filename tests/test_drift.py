@@ -51,3 +51,13 @@ def test_a_thousand_steps_of_the_shipped_model_stay_metric(tmp_path):
     assert s["height_err_max_m"] < 1e-3 and s["fx_err_max"] < 0.01
     assert 0.1 <= s["depth_ratio_p5"] and s["depth_ratio_p95"] <= 5.0, s
     assert all(1 / 3 <= r <= 3 for r in s["depth_ratio_per_world"]), s
+
+
+def test_drift_refuses_a_model_without_depth(tmp_path, capsys):
+    """Drift measures predicted depth: a no-depth model is a one-line error, nothing written."""
+    path = DeepVerse(tiny_config(codec_overrides={"use_depth": False})).save_pretrained(tmp_path / "no_depth")
+    with pytest.raises(SystemExit) as e:
+        main(["drift", "--checkpoint", str(path), "--steps", "2", "--out", str(tmp_path / "drift")])
+    assert e.value.code == 2
+    assert "deepverse drift (it measures depth) of" in capsys.readouterr().err
+    assert not (tmp_path / "drift").exists()  # the folder made for it is removed again

@@ -217,7 +217,7 @@ class DeepVerseEnv(gym.Env):
             TensorDict (N, L): ``rgb``, ``depth`` (with depth), ``pose``, ``intrinsics`` after each step, ``action``,
             ``reward`` and ``terminated`` from the hooks, ``scale``. The env itself is left as it was.
 
-        Candidates are rolled ``imagine_chunk`` (default 64) at a time, so memory stays bounded whatever N
+        Candidates are rolled ``imagine_chunk`` (default 16) at a time, so memory stays bounded whatever N
         is (about 80 MB a candidate of a chunk for the shipped model on CPU, plus the returned frames;
         ``LearnedWorld.imagine``); the result depends only on the seed and ``imagine_chunk``.
         """

@@ -174,6 +174,13 @@ def load_model(checkpoint: str | Path | DeepVerse | None, device: str | torch.de
     return model.to(device).eval()
 
 
+def require_depth(model: DeepVerse, what: str) -> None:
+    """ValueError naming ``what`` (a command that reads the predicted depth) for a model without depth."""
+    if not model.codec.use_depth:
+        raise ValueError(f"{what} needs the predicted depth, and this model has none (codec use_depth false: the "
+                         "no-depth ablation)")
+
+
 class LearnedWorld:
     """B worlds of a world model: start, step, score, imagine, snapshot, draw. The core of both envs.
 
