@@ -36,6 +36,11 @@ class Action:
     pitch: float  # radians per frame, + = look up
     sentence: str
 
+    @property
+    def command(self) -> tuple[float, float, float, float, float]:
+        """The per-frame command the motion model reads (``world_model.motion``): (x, y, z, yaw, pitch)."""
+        return (*self.translation, self.yaw, self.pitch)
+
 
 def make_action(translation: str, yaw: str = "none", pitch: str = "none") -> Action:
     """The action of one motion class, named e.g. ``forward``, ``turn_left``, ``forward+turn_left``."""

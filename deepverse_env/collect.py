@@ -187,6 +187,7 @@ def collect(
                 "width": width,
                 "fov_deg": fov_deg,
                 "actions": [actions[int(a[j])].name for a in taken],
+                "commands": [list(actions[int(a[j])].command) for a in taken],
                 "blocked": [bool(b[j]) for b in blocked_log],
                 "captions": [SENTENCES[i] for i in ids.tolist()],
             }

@@ -20,6 +20,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from world_model.episodes import ClipConfig, EpisodeClips, check_recording, episode_dir
+from world_model.motion_data import MotionChunks
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -40,6 +41,10 @@ class DeepVerseDataModule(L.LightningDataModule):
         max_chunk_rotation_deg, min_motion: the M14 clip filters.
         batch_size, num_workers: DataLoader settings.
         collect_envs: simulator worlds stepped at once while collecting.
+        samples: ``clips`` (the world model's, ``EpisodeClips``) or ``chunks`` (every chunk, for the motion model:
+            ``world_model.motion_data.MotionChunks``; ``chunks``, ``memory`` and the clip filters do not apply).
+        motion_history, motion_points: with ``chunks``, the keyframes of depth before each chunk and the points kept
+            (the motion model's ``history`` and ``points``; training draws 0..motion_history of them per chunk).
         recorder: records missing episodes, called as ``recorder(dir, episodes=, steps=, seed=,
             frames_per_step=, height=, width=, fov_deg=, num_envs=)``, an import path in YAML (the simulator's
             recorder in ``configs/tiny.yaml``); None = the episodes must already be on disk.
@@ -65,9 +70,14 @@ class DeepVerseDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         collect_envs: int = 16,
+        samples: str = "clips",
+        motion_history: int = 5,
+        motion_points: int = 1024,
         recorder: Callable[..., Any] | None = None,
     ):
         super().__init__()
+        if samples not in ("clips", "chunks"):
+            raise ValueError(f"samples must be 'clips' or 'chunks', got {samples!r}")
         for name in ("train_episodes", "val_episodes", "test_episodes", "steps", "chunks", "batch_size"):
             value = locals()[name]
             if int(value) != value or value < 1:
@@ -86,7 +96,7 @@ class DeepVerseDataModule(L.LightningDataModule):
             max_chunk_rotation_deg=max_chunk_rotation_deg,
             min_motion=min_motion,
         )
-        self.datasets: dict[str, EpisodeClips] = {}
+        self.datasets: dict[str, EpisodeClips | MotionChunks] = {}
 
     def _episodes(self, split: str) -> int:
         return self.hparams[f"{split}_episodes"]
@@ -97,7 +107,7 @@ class DeepVerseDataModule(L.LightningDataModule):
         return self.hparams
 
     @property
-    def train_clips(self) -> EpisodeClips | None:
+    def train_clips(self) -> EpisodeClips | MotionChunks | None:
         """The training clips once ``setup("fit")`` has run."""
         return self.datasets.get("train")
 
@@ -131,7 +141,13 @@ class DeepVerseDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")):
-            if split not in self.datasets:
+            if split in self.datasets:
+                continue
+            if self.hparams.samples == "chunks":
+                self.datasets[split] = MotionChunks(
+                    self.root / split, self.hparams.motion_history, self.hparams.motion_points, random_history=split == "train"
+                )
+            else:
                 self.datasets[split] = EpisodeClips(self.root / split, self.clip_config)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -142,7 +158,7 @@ class DeepVerseDataModule(L.LightningDataModule):
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=hp.num_workers,
-            collate_fn=EpisodeClips.collate,
+            collate_fn=EpisodeClips.collate,  # MotionChunks' is the same stack
             persistent_workers=hp.num_workers > 0,
         )
 

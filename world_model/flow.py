@@ -184,6 +184,8 @@ class FlowMatching:
         *,
         known: Tensor | None = None,
         known_values: Tensor | None = None,
+        given: Tensor | None = None,
+        given_values: Tensor | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
     ) -> Tensor:
@@ -197,6 +199,11 @@ class FlowMatching:
             sampler: steps, shift and the guidance scales.
             known: (B, k, C) bool and known_values (B, k, C, h, w): channels held at given clean values
                 (first-frame completion: the RGB latent known, depth and raymap generated).
+            given: (B, k, C) bool and given_values (B, k, C, h, w): channels *inpainted* (the rollout's cameras given by
+                the motion model, M19): at every step they are replaced by their given values noised to the step's
+                time with the sample's own starting noise, x_t = (1 - t) x + t z, so the backbone sees them as it saw
+                every channel in training (unlike ``known``, which it saw only for completion); at t = 0 they are
+                exactly the given values.
             generator: for the history noise.
             use_cache: False re-encodes the context at every step (same result, for tests and the bench).
         Returns:
@@ -210,6 +217,11 @@ class FlowMatching:
             raise ValueError("known and known_values must be given together")
         if known_values is not None and known_values.shape != z.shape:
             raise ValueError(f"known_values has shape {tuple(known_values.shape)}; expected {tuple(z.shape)}")
+        inpaint = _known_mask(given, z)
+        if (inpaint is None) != (given_values is None):
+            raise ValueError("given and given_values must be given together")
+        if given_values is not None and given_values.shape != z.shape:
+            raise ValueError(f"given_values has shape {tuple(given_values.shape)}; expected {tuple(z.shape)}")
         if cond.has_history:
             level = torch.as_tensor(cond.history_t, dtype=z.dtype, device=z.device).expand(B)  # (B,)
             cond = _noised_history(cond, level, generator) if level.any() else dataclasses.replace(cond, history_t=level)
@@ -230,6 +242,8 @@ class FlowMatching:
         ctx = model.encode_context(batched) if use_cache else None
         x = z if mask is None else torch.where(mask, known_values, z)
         ts = self.schedule(sampler, device=z.device)
+        if inpaint is not None:
+            x = torch.where(inpaint, (1 - ts[0]) * given_values + ts[0] * z, x)
         for i in range(sampler.steps):
             v = model.denoise(x.repeat(n, 1, 1, 1, 1), ts[i], ctx if use_cache else model.encode_context(batched), known_n)
             v = v.chunk(n)  # n x (B, k, C, h, w)
@@ -242,4 +256,6 @@ class FlowMatching:
             x = x + (ts[i + 1] - ts[i]) * e
             if mask is not None:
                 x = torch.where(mask, known_values, x)
+            if inpaint is not None:
+                x = torch.where(inpaint, (1 - ts[i + 1]) * given_values + ts[i + 1] * z, x)
         return x

@@ -33,12 +33,15 @@ from safetensors.torch import load_file
 from tensordict import TensorDict
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryPrecision, BinaryRecall
 
 from world_model import metrics as M
 from world_model.codec import Codec
 from world_model.episodes import EpisodeClips
 from world_model.flow import SamplerConfig
 from world_model.model import CONFIG_FILE, WEIGHTS_FILE, DeepVerse, DeepVerseConfig
+from world_model.motion import MOVE_EPS, chunk_errors
 from world_model.refine import EXACT, RenderNoise, cache_renders, refine_frames, refiner_inputs
 from world_model.state import to_frames, to_rgb8, true_frames
 from world_model.text import SENTENCES
@@ -557,6 +560,85 @@ class RefinerModule(TrainingModule):
             **score({"rgb": to_rgb8(pred)}, target, "refine"),
             **score({"rgb": base["rgb"]}, target, "refine", "_decoded"),
             "refine/render_cover": cover,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1c: the motion model (M19)
+# --------------------------------------------------------------------------------------------------
+
+
+class MotionModule(TrainingModule):
+    """Trains ``DeepVerse.motion`` (``world_model.motion``) on every chunk of the recorded episodes
+    (``world_model.motion_data.MotionChunks``: ``data.samples: chunks``); the rest of the model stays frozen.
+    Needs ``model.motion: true``.
+
+    Logs ``motion/*`` with the model rolling each chunk on its own (no teacher forcing): ``rot_deg`` and ``pos_m``, the
+    camera's error at the chunk's end (mean, and ``*_p95``), and ``blocked_precision`` / ``blocked_recall`` of its
+    blocked frames (``*_forward``: moves with a forward component, into what the camera sees).
+
+    Args:
+        init_weights: the whole model to give a motion model (a ``save_pretrained`` directory, e.g. the shipped
+            ``world_model/pretrained/tiny``); its config must equal ``model`` but for ``motion`` and
+            ``motion_overrides``; its motion model, if it has one, is the starting point. None = untrained rest.
+        **kwargs: the arguments of ``TrainingModule``.
+    """
+
+    trained = ("motion",)
+
+    def __init__(self, init_weights: str | None = None, **kwargs):
+        check_init_weights(init_weights)
+        super().__init__(**kwargs)
+        if self.model.motion is None:
+            raise ValueError("MotionModule trains the motion model: set model.motion: true")
+        stats = {f"{k}{part}": BinaryPrecision() if k == "precision" else BinaryRecall()
+                 for k in ("precision", "recall") for part in ("", "_forward")}
+        self.blocked = torch.nn.ModuleDict({stage: MetricCollection(dict(stats)).clone() for stage in ("val", "test")})
+
+    def build_model(self, config: DeepVerseConfig) -> DeepVerse:
+        model = DeepVerse(config)
+        path = self.hparams.init_weights
+        if path is None:
+            return model
+        base = DeepVerse.from_pretrained(path)
+        check_same_config(path, base.config, config, ignore=("motion", "motion_overrides"))
+        missing, _ = model.load_state_dict(base.state_dict(), strict=False)
+        if any(not k.startswith("motion.") for k in missing):
+            raise ValueError(f"init_weights {path} lacks {[k for k in missing if not k.startswith('motion.')][:3]}")
+        model.set_sampler(**base.config.sampler)
+        return model
+
+    def check_data(self, data) -> None:
+        if getattr(data, "samples", "clips") != "chunks":
+            raise ValueError("MotionModule learns from every chunk: set data.samples: chunks")
+        cfg = self.model.motion.config
+        theirs = (data.motion_history, data.motion_points)
+        if theirs != (cfg.history, cfg.points):
+            raise ValueError(
+                f"data.motion_history/motion_points {theirs} differ from the motion model's history/points "
+                f"{(cfg.history, cfg.points)} (model.motion_overrides)"
+            )
+
+    def stage_loss(self, model: DeepVerse, batch: TensorDict) -> tuple[Tensor, dict[str, Tensor]]:
+        return model.motion.loss(batch["points"], batch["mask"], batch["command"], batch["truth"], batch["blocked"])
+
+    def evaluate(self, model: DeepVerse, batch: TensorDict) -> dict[str, Tensor]:
+        truth, blocked, command = batch["truth"], batch["blocked"], batch["command"]
+        with torch.no_grad():
+            out = model.motion(batch["points"], batch["mask"], command, truth[:, 0], truth.shape[1] - 1)
+        rot, pos = chunk_errors(out["state"], truth)
+        moves = (command[:, [0, 2]].norm(dim=-1) > MOVE_EPS)[:, None].expand_as(blocked)
+        forward = moves & (command[:, 2:3] > 0)
+        pred = out["blocked_logit"] > 0
+        stage = "test" if self.trainer.testing else "val"
+        metrics = self.blocked[stage]
+        for name, where in (("", moves), ("_forward", forward)):
+            metrics[f"precision{name}"].update(pred[where], blocked[where])
+            metrics[f"recall{name}"].update(pred[where], blocked[where])
+        return {
+            "motion/rot_deg": rot.mean(), "motion/pos_m": pos.mean(),
+            "motion/rot_deg_p95": rot.quantile(0.95), "motion/pos_m_p95": pos.quantile(0.95),
+            **{f"motion/blocked_{k}": m for k, m in metrics.items()},
         }
 
 

@@ -37,6 +37,7 @@ from world_model import geometry as G
 from world_model.codec import CODEC_PRESETS, CausalVAEConfig, Codec, PixelCodecConfig, build_codec
 from world_model.flow import FlowConfig, FlowMatching, SamplerConfig
 from world_model.mmdit import Condition, MMDiT
+from world_model.motion import MotionConfig, MotionModel
 from world_model.presets import config as dit_config
 from world_model.refine import Refiner, RefinerConfig, RenderNoise, cache_renders, render_state
 from world_model.splat import Render
@@ -75,6 +76,8 @@ class DeepVerseConfig:
     render_cache: bool = False  # M18: refine decoded frames with the 3D cache rendered into their cameras (off = paper)
     refiner_overrides: dict = field(default_factory=dict)  # RefinerConfig fields
     completion_prob: float = 0.1  # share of training batches that are first-frame completion (M9)
+    motion: bool = False  # M19: a learned motion model (world_model.motion) gives the rollout's cameras
+    motion_overrides: dict = field(default_factory=dict)  # MotionConfig fields
 
     def __post_init__(self):
         if self.codec not in CODEC_PRESETS:
@@ -83,6 +86,8 @@ class DeepVerseConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.motion, bool):
+            raise ValueError(f"motion must be true or false, got {self.motion!r}")
         if not 0.0 <= self.completion_prob <= 1.0:
             raise ValueError(f"completion_prob must be in [0, 1], got {self.completion_prob!r}")
         if isinstance(self.sampler, SamplerConfig):
@@ -91,7 +96,8 @@ class DeepVerseConfig:
         moved = sorted({f.name for f in dataclasses.fields(SamplerConfig)} & set(self.flow_overrides))
         if moved:
             raise ValueError(f"{moved} in flow_overrides are sampler settings: give them as sampler: {{...}}")
-        for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig), ("refiner_overrides", RefinerConfig)):
+        for name, cls in (("text_overrides", TextEncoderConfig), ("flow_overrides", FlowConfig), ("refiner_overrides", RefinerConfig),
+                          ("motion_overrides", MotionConfig)):
             known = {f.name for f in dataclasses.fields(cls)}
             for key in getattr(self, name):
                 if key not in known:
@@ -144,6 +150,7 @@ class DeepVerse(nn.Module):
         self.text_encoder = VocabTextEncoder(text_cfg)
         self.flow = FlowMatching(FlowConfig(**config.flow_overrides))
         self.refiner = Refiner(RefinerConfig(**config.refiner_overrides)) if config.render_cache else None
+        self.motion = MotionModel(MotionConfig(**config.motion_overrides)) if config.motion else None
         # Per-channel latent statistics: the MM-DiT and the flow work on (z - shift) / scale, so every channel
         # (the small-range raymap ones included) is ~unit variance. Identity until fitted to the codec.
         C = self.codec.latent_channels
@@ -361,6 +368,7 @@ class DeepVerse(nn.Module):
         render: Tensor | None = None,
         render_cover: Tensor | None = None,
         *,
+        cameras: Tensor | None = None,
         sampler: SamplerConfig | dict | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
@@ -372,13 +380,31 @@ class DeepVerse(nn.Module):
             spatial: (B, 1, C, h, w) memory frame in this window, or None; spatial_mask: (B,) found.
             render: (B, 1, C, h, w) the 3D cache rendered into the chunk's keyframe camera (``encode_render``,
                 models with ``render_frame``), or None; render_cover: (B, 1, h, w) its coverage.
+            cameras: (B, 1, 6, h, w) the raymap channels of the chunk's keyframe camera in the window
+                (``codec.encode_raymap``; the motion model's, M19): generated *for* that camera, the channels inpainted
+                at every flow step (``FlowMatching.sample``'s ``given``); None = the camera is generated too.
             sampler: changes to the model's ``sampler`` for this call.
         Returns:
-            (B, 1, C, h, w).
+            (B, 1, C, h, w); with ``cameras``, its raymap channels are exactly ``cameras``.
         """
         cond = self.condition(history, sentences, spatial, spatial_mask, render, render_cover)
         z = self._noise(len(sentences), cond.text.pooled, generator)
-        return self.unstandardize(self.flow.sample(self.dit, z, cond, self.sampler.merged(sampler), generator=generator))
+        given = given_values = None
+        if cameras is not None:
+            rays = self.codec.raymap_slice
+            if cameras.shape != (*z.shape[:2], rays.stop - rays.start, *z.shape[3:]):
+                raise ValueError(f"cameras has shape {tuple(cameras.shape)}; expected the raymap channels of {tuple(z.shape)}")
+            full = torch.zeros_like(z)
+            full[:, :, rays] = cameras.to(z.dtype)
+            given_values = self.standardize(full)
+            given = torch.zeros(z.shape[:3], dtype=torch.bool, device=z.device)
+            given[:, :, rays] = True
+        out = self.unstandardize(self.flow.sample(
+            self.dit, z, cond, self.sampler.merged(sampler), given=given, given_values=given_values, generator=generator
+        ))
+        if cameras is not None:  # exactly the given camera (unstandardize's round trip is float-exact only up to ulps)
+            out[:, :, self.codec.raymap_slice] = cameras.to(out.dtype)
+        return out
 
     @torch.no_grad()
     def complete_first_frame(

@@ -52,20 +52,31 @@ from tensordict import TensorDict
 from torch import Tensor
 
 from world_model import geometry as G
+from world_model.body import absolute, body_pose, body_state, relative
 from world_model.cache import CacheConfig, PointCache
 from world_model.codec import DecoderStream
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
+from world_model.motion import depth_points, nearby_points
 from world_model.refine import refine_frames
 from world_model.splat import splat
 from world_model.state import normalize_frames, to_frames
+from world_model.text import SENTENCES
 
 AUTOCAST = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+CAMERAS = ("motion", "generated")
+
+
 @dataclass
 class RolloutConfig:
+    camera: str | None = None  # "motion": the motion model's cameras (M19), the chunk generated for them; "generated":
+                               # the paper's, recovered from the generated raymap; None = "motion" if the model has one
+    caption_thresholds: dict | None = None  # with the motion camera: geometry.motion_classes' thresholds (metres and
+                                            # radians over a chunk) that caption the predicted motion for the MM-DiT
+                                            # (deepverse_env.actions.caption_thresholds); None = half of each command
     cache_max: int = 6  # CacheMaxSize: latent frames in a window before it slides
     keep: int | None = None  # latent frames kept as the next window's context; None = min(m, cache_max - 1)
     sampler: SamplerConfig | dict | None = None  # changes to the model's sampler (None: the model's own)
@@ -205,6 +216,18 @@ class Rollout:
         if c.micro_batch is not None and (isinstance(c.micro_batch, bool) or not isinstance(c.micro_batch, int) or c.micro_batch < 1):
             raise ValueError(f"micro_batch must be None or a positive integer, got {c.micro_batch!r}")
         model.sampler.merged(c.sampler)  # ValueError naming a bad setting, before anything runs
+        if c.camera is not None and c.camera not in CAMERAS:
+            raise ValueError(f"camera must be one of {list(CAMERAS)} or None, got {c.camera!r}")
+        if c.camera == "motion" and model.motion is None:
+            raise ValueError("camera 'motion' needs a model with a motion model (DeepVerseConfig.motion); this one has none")
+        self.camera = c.camera or ("motion" if model.motion is not None else "generated")
+        if c.caption_thresholds is not None:
+            want = {"move_threshold", "yaw_threshold", "pitch_threshold"}
+            t = c.caption_thresholds
+            if not isinstance(t, dict) or set(t) != want or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in t.values()
+            ):
+                raise ValueError(f"caption_thresholds must be None or a dict of {sorted(want)}, each > 0, got {t!r}")
         self.B = int(batch_size)
         self.generator = generator
         self.depth = model.codec.use_depth  # False: the depth-free mode (module docstring)
@@ -229,6 +252,7 @@ class Rollout:
         grounded = c.render_cache and model.uses_cache
         self.micro = int(c.micro_batch) if c.micro_batch is not None else 4 if self.device.type == "cpu" else self.B
         self.cache = PointCache(c.cache, self.B, self.H, self.W, self.device) if grounded else None
+        self.sentences: list[str] = []  # the sentences the MM-DiT was given at the last step
 
     def _net(self):
         """Context for network calls: autocast to ``config.dtype`` (a no-op for float32)."""
@@ -377,25 +401,40 @@ class Rollout:
     # ---- step ----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def step(self, sentences: list[str], before_commit: Callable[[TensorDict], object] | None = None) -> TensorDict:
+    def step(
+        self, sentences: list[str] | None = None, before_commit: Callable[[TensorDict], object] | None = None, *,
+        commands: Tensor | None = None,
+    ) -> TensorDict:
         """Generate one chunk per world.
 
         Args:
-            sentences: B action sentences (``world_model.text.SENTENCES``).
+            sentences: B action sentences (``world_model.text.SENTENCES``): the generated camera's action.
             before_commit: called with the chunk once it is generated and before any world's state changes
                 (e.g. to score it); if it raises, or generation does, the rollout is left exactly as it
                 was, sampler noise included, and the error propagates: the step is all or nothing.
+            commands: (B, 5) the pressed actions' per-frame commands (x, y, z, yaw, pitch): the motion camera's action.
+                The motion model moves the body; the MM-DiT gets the sentence of the motion that happens.
         Returns:
             TensorDict (B, tf): rgb uint8 (H, W, 3), depth (H, W, 1) metres (not for a codec without depth),
-            pose (4, 4) in the episode frame, intrinsics (3, 3).
+            pose (4, 4) in the episode frame, intrinsics (3, 3); with the motion camera also ``blocked`` bool (the
+            motion model's verdict on each frame's move).
         """
-        if len(sentences) != self.B:
+        if self.camera == "motion":
+            if sentences is not None or commands is None:
+                raise ValueError("this rollout's cameras are the motion model's: pass commands= (B, 5), not sentences")
+            commands = torch.as_tensor(commands, dtype=torch.float32, device=self.device)
+            if commands.shape != (self.B, 5) or not bool(commands.isfinite().all()):
+                raise ValueError(f"commands must be a finite ({self.B}, 5) tensor (x, y, z, yaw, pitch), got shape "
+                                 f"{tuple(commands.shape)}")
+        elif commands is not None or sentences is None:
+            raise ValueError("this rollout generates its cameras (camera 'generated'): pass sentences, not commands")
+        elif len(sentences) != self.B:
             raise ValueError(f"got {len(sentences)} sentences for {self.B} worlds")
         if not bool((self.length > 0).all()):
             raise RuntimeError("call reset() before step(): some worlds were never started")
         noise = self.generator.get_state() if self.generator is not None else None
         try:
-            chunk, pending = self._generate(sentences)
+            chunk, pending, said = self._generate(sentences, commands)
             if before_commit is not None:
                 before_commit(chunk)
         except BaseException:
@@ -403,16 +442,51 @@ class Rollout:
                 self.generator.set_state(noise)
             raise
         self._commit(pending)
+        self.sentences = said  # what the MM-DiT was told: the pressed sentences, or the motion model's
         return chunk
 
-    def _generate(self, sentences: list[str]) -> tuple[TensorDict, list[tuple]]:
-        """The chunk (B, tf) and, per history group, what ``_commit`` writes back; changes nothing but the
-        generator. Groups are disjoint sets of worlds and everything a group reads is its own rows, so
+    def plan(self, commands: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+        """The motion model's cameras for the next chunk of every world (changes nothing).
+
+        The points it reads are the window's last frame and keyframes before it (up to ``MotionConfig.history``),
+        in metres in the episode frame. Returns poses (B, tf, 4, 4) in the episode frame, blocked (B, tf) bool, and
+        the B sentences of the motion (``geometry.motion_classes`` with ``caption_thresholds``).
+        """
+        motion = self.model.motion
+        rows = torch.arange(self.B, device=self.device)
+        last = self._frame_count() - 1  # (B,)
+        index = last[:, None] - self.tf * torch.arange(motion.config.history + 1, device=self.device)  # newest first
+        frames = self.frames[rows[:, None], index.clamp_min(0)]  # (B, 1 + history)
+        start = body_state(frames["pose"][:, 0])  # (B, 5)
+        if self.depth:
+            xyz, seen = depth_points(frames["depth"][..., 0], frames["intrinsics"], frames["pose"], index >= 0)
+        else:  # nothing seen: the body is never blocked
+            xyz, seen = start.new_zeros(self.B, 1, 3), torch.zeros(self.B, 1, dtype=torch.bool, device=self.device)
+        points, mask = nearby_points(xyz, seen, start, motion.config.points)
+        with self._net():
+            out = motion(points, mask, commands, relative(start, start), self.tf)
+        states = absolute(out["state"].float(), start[:, None])  # (B, tf + 1, 5)
+        poses = body_pose(states[:, 1:])
+        t = self.config.caption_thresholds
+        if t is None:  # half of each command's motion over the chunk
+            half = 0.5 * self.tf * commands.abs().amax(dim=0)
+            t = {"move_threshold": float(half[[0, 2]].max().clamp_min(1e-3)), "yaw_threshold": float(half[3].clamp_min(1e-3)),
+                 "pitch_threshold": float(half[4].clamp_min(1e-3))}
+        ids = G.motion_classes(frames["pose"][:, 0], poses[:, -1], **t)
+        return poses, out["blocked_logit"] > 0, [SENTENCES[i] for i in ids.tolist()]
+
+    def _generate(self, sentences: list[str] | None, commands: Tensor | None) -> tuple[TensorDict, list[tuple], list[str]]:
+        """The chunk (B, tf), per history group what ``_commit`` writes back, and the sentences the MM-DiT was given;
+        changes nothing but the generator. Groups are disjoint sets of worlds and everything a group reads is its own rows, so
         committing every group after generating all of them gives what committing each in turn gave."""
+        planned = None
+        if commands is not None:
+            poses, blocked, sentences = self.plan(commands)
+            planned = (poses, blocked)
         spatial, found = self._spatial()
         chunk = self._blank_frames(self.tf)
         pending = []
-        two_pass = self.cache is not None and self.model.dit.config.render_frame
+        render_frame = self.cache is not None and self.model.dit.config.render_frame
         for th, idx in self._history_groups():  # worlds whose histories are equally long share one model call
             n = self.length[idx]  # (b,) their window lengths
             frame = (n - th)[:, None] + torch.arange(th, device=self.device)  # (b, th) the last th latents
@@ -420,11 +494,19 @@ class Rollout:
                 self.latents[idx[:, None], frame], [sentences[i] for i in idx.tolist()],
                 None if spatial is None else spatial[idx], None if found is None else found[idx],
             )
+            cameras = None
+            if planned is not None:  # generated for the motion model's keyframe camera, in the window's units
+                K = self.frames["intrinsics"][idx, 0]
+                window = G.scale_poses(G.relative_pose(self.anchor[idx], planned[0][idx, -1]), self.scale[idx])
+                cameras = self.model.codec.encode_raymap(G.camera_to_raymap(K, window, self.H, self.W)[:, None])
+            if render_frame and planned is not None:  # the camera is known: one pass, conditioned on its render
+                render, cover = self._render(idx, self.frames["intrinsics"][idx, 0], planned[0][idx, -1])
+                condition = (*condition, render, cover)
             with self._net():
                 new = self.model.next_latent(
-                    *condition, sampler=self.config.sampler, generator=self.generator
+                    *condition, cameras=cameras, sampler=self.config.sampler, generator=self.generator
                 ).float()  # (b, 1, C, h, w)
-            if two_pass:  # the first pass's keyframe camera is where the cache is rendered for the second
+            if render_frame and planned is None:  # the first pass's keyframe camera is where the cache is rendered
                 K, _, pose = self._cameras(idx, n, new)
                 render, cover = self._render(idx, K[:, -1], pose[:, -1])
                 with self._net():
@@ -435,6 +517,9 @@ class Rollout:
                 stream = self.stream.select(idx)  # a copy: the worlds' decoder state changes at commit
                 decoded = self._decode(new, stream)
             K, c2w, pose = self._cameras(idx, n, new)
+            if planned is not None:  # the motion model's cameras, not the raymap's decoding of them
+                pose = planned[0][idx]
+                c2w = G.scale_poses(G.relative_pose(self.anchor[idx, None], pose), self.scale[idx, None])
             # (b, tf): the chunk's frames, after the last keyframe, in metres and the episode frame, posed as the body
             new_frames = to_frames(decoded["rgb"], decoded.get("depth"), c2w, K, self.scale[idx], self.anchor[idx])
             new_frames["pose"] = pose
@@ -442,7 +527,9 @@ class Rollout:
                 new_frames["rgb"] = self._refine(idx, new_frames)
             chunk[idx] = new_frames
             pending.append((idx, n, new, new_frames, stream))
-        return chunk, pending
+        if planned is not None:
+            chunk["blocked"] = planned[1]
+        return chunk, pending, sentences
 
     def _cameras(self, idx: Tensor, n: Tensor, new: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The cameras of the frames (b, tf) of a generated latent ``new`` (b, 1, C, h, w) after windows of lengths
@@ -591,6 +678,8 @@ class Rollout:
             c = torch.where(lo > hi, (lo * hi).sqrt(), torch.minimum(torch.maximum(c, lo), hi))
         out = kept.clone()
         out["depth"] = kept["depth"] * c[:, None, None, None, None]
+        if self.camera == "motion":  # the cameras are the motion model's, in metres: only the generated depth is rescaled
+            return out
         # In the first camera by the general inverse: with G.relative_pose (a transpose, exact for rigid poses
         # only) the kept rotations shrank slide after slide, to 1e-8 by step 92 of `deepverse drift`, then NaN.
         relative = torch.linalg.inv(first["pose"])[:, None] @ kept["pose"]  # (b, T, 4, 4)

@@ -55,7 +55,9 @@ class DeepVerseEnv(gym.Env):
     depth tile is black and its map shows the camera path alone).
 
     ``info`` of ``step``: ``frames`` (the chunk: ``rgb`` (F, H, W, 3), ``depth`` (F, H, W, 1), ``pose``
-    (F, 4, 4), ``intrinsics`` (F, 3, 3)), ``sentence`` (the caption the model was given), ``scale``
+    (F, 4, 4), ``intrinsics`` (F, 3, 3)), ``sentence`` (the caption the model was given: with a motion model the
+    motion that happens, e.g. "stays in place" for a forward into a wall), ``blocked`` (with a motion model: whether
+    it blocked a frame's move), ``scale``
     (metres per unit of the current window). ``info`` of ``reset``: ``scale`` and ``scene_seed`` (the
     simulator world of the start frame, -1 where not known: an image, a recorded episode).
 
@@ -189,9 +191,11 @@ class DeepVerseEnv(gym.Env):
             self._window.show(self.world.panel(0))
         info = {
             "frames": {k: chunk[k][0].cpu().numpy() for k in self.world.keys},
-            "sentence": self.world.sentences[i],
+            "sentence": self.world.rollout.sentences[0],
             "scale": float(self.world.rollout.scale[0]),
         }
+        if "blocked" in chunk.keys():  # the motion model's verdict, as DeepVerseSim-v0 reports its own
+            info["blocked"] = bool(chunk["blocked"][0].any())
         return self._obs(), float(reward[0]), bool(terminated[0]), False, info
 
     def render(self):

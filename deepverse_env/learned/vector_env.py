@@ -108,7 +108,8 @@ class DeepVerseVectorEnv(VectorEnv):
             truncated = (self._steps >= self.max_episode_steps) & ~restart
         info = {
             "frames": frames,
-            "sentence": np.array(["" if r else self.world.sentences[i] for r, i in zip(restart, ids)], dtype=object),
+            "sentence": np.array(["" if r else said for r, said in zip(restart, self.world.rollout.sentences or [""] * N)],
+                                 dtype=object),
             "scale": self.world.rollout.scale.cpu().numpy().copy(),
             "scene_seed": self.world.scene_seeds.copy(),
         }

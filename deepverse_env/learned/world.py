@@ -18,7 +18,7 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from deepverse_env.actions import ActionSet, get_action_set
+from deepverse_env.actions import ActionSet, caption_thresholds, get_action_set
 from deepverse_env.learned.starts import START_KEYS, SimulatorStarts, StartLoader, check_starts
 from deepverse_env.render import WorldMap
 from deepverse_env.rewards import Hooks, PerWorldHooks, start_state
@@ -42,6 +42,8 @@ class LearnedEnvConfig:
     use_memory: bool = True  # condition each chunk on a ψ-retrieved memory keyframe
     render_cache: bool = True  # the 3D cache, for a model with a refiner or a render frame (False: paper path)
     embodied: bool = True  # the body holds the camera: start intrinsics, level at start height, metric anchor
+    camera: str | None = None  # "motion": the model's motion model moves the camera (M19); "generated": the paper's
+                               # raymap; None = "motion" where the checkpoint has a motion model
     cache_max: int = 6  # latent frames in a window before it slides (Algorithm 1's CacheMaxSize)
     memory_capacity: int = 256  # keyframes kept per world: the memory pool's bound
     reward: Any = None  # a deepverse_env.rewards.make_reward spec: name, dict, list or callable
@@ -213,9 +215,11 @@ class LearnedWorld:
         self.starts = SimulatorStarts(self.H, self.W, c.fov_deg) if c.starts is None else c.starts
         self.actions = get_action_set(c.action_set)
         self.sentences = SENTENCES if c.text_actions else tuple(a.sentence for a in self.actions.actions)  # id -> text
+        pressed = get_action_set("full") if c.text_actions else self.actions  # "full" is SENTENCES' order
+        self.commands = torch.tensor([a.command for a in pressed.actions], dtype=torch.float32, device=self.device)
         self.generator = torch.Generator(self.device)
         rollout_config = RolloutConfig(
-            cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
+            camera=c.camera, caption_thresholds=caption_thresholds(self.F), cache_max=c.cache_max, sampler=c.sampler, use_memory=c.use_memory, render_cache=c.render_cache,
             memory=MemoryConfig(capacity=c.memory_capacity), dtype=dtype, carry_decoder=c.carry_decoder,
             # embodied=False: the cameras as the raymaps predict them, units re-anchored on predicted depth
             fixed_intrinsics=c.embodied, level_camera=c.embodied, **({} if c.embodied else {"metric_anchor": 0.0}),
@@ -330,12 +334,18 @@ class LearnedWorld:
         # (the memory pool alone is 16 MiB a world) every step. check_hooks catches most bad hooks earlier.
         scored = []
         chunk = self.rollout.step(
-            [self.sentences[i] for i in ids],
+            **self.pressed(self.rollout, ids),
             before_commit=lambda chunk: scored.append(self.hooks.step(self.td, ids, chunk[:, -1])),
         )
         self.td, reward, terminated = scored[0]
         self._record(np.arange(self.B), self.td)
         return chunk, reward, terminated
+
+    def pressed(self, rollout: Rollout, ids: np.ndarray) -> dict:
+        """``Rollout.step``'s action arguments for action ids (B,): commands for the motion camera, else sentences."""
+        if rollout.camera == "motion":
+            return {"commands": self.commands[torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.device)]}
+        return {"sentences": [self.sentences[i] for i in ids]}
 
     def _record(self, idx: np.ndarray, frames: TensorDict) -> None:
         """Add the frames (len(idx),) of worlds ``idx`` to their maps: camera position and points (none
@@ -453,7 +463,7 @@ class LearnedWorld:
         branch.generator = torch.Generator(self.device).manual_seed(seed)
         frames, scales = [], []
         for step_ids in ids.T:  # (M,) per step
-            frames.append(branch.step([self.sentences[i] for i in step_ids])[:, -1].select(*self.keys))
+            frames.append(branch.step(**self.pressed(branch, step_ids))[:, -1].select(*self.keys))
             scales.append(branch.scale.clone())
         del branch  # its copy of the rollout state goes before the next chunk's is made
         # (M, L); the hooks start from td[rows], their entries included, so stateful hooks branch too

@@ -1,0 +1,201 @@
+"""The motion model (M19): how the camera moves under an action, learned from recorded episodes.
+
+Input per world: the pressed action as its per-frame *command* ``(x, y, z, yaw, pitch)`` (body-frame metres and
+radians per frame, ``deepverse_env.actions.Action.command``: one model serves every action set, text included), the
+camera's body state now (``world_model.body``: position, heading, tilt) and what the world has shown around it: a few
+depth frames with their intrinsics and poses (the last frame and keyframes before it). Output per frame of the
+chunk: the body's motion ``(dx, dz, dyaw, dpitch)`` and the probability that the frame's move was blocked.
+
+What is built in is the body (``world_model.body``): it stays on the floor and turns, tilts, then moves along its
+new heading. What is learned, from the measured poses and blocked frames of episodes:
+
+- the *free motion* of a command at a tilt: a gain per axis, the head's tilt limit, and a residual network of the
+  command and the tilt (zero at the start of training) for whatever else a world does with a command;
+- *blocked*: a point network over the ``neighbours`` points seen nearest to where the move would take the body
+  (each point's offset in the new heading's frame, its height, its distance, and the move), max-pooled and
+  classified. A blocked frame's translation is not applied (the turn is), as the recorded worlds do.
+
+Points come from every given depth frame, unprojected and moved into the level frame of the current body
+(``nearby_points``): the ``points`` nearest to the body on the floor plan are kept. Rollouts hand it the window's
+decoded frames; pose-only imagination the 3D cache rendered into the camera.
+
+    model = MotionModel(MotionConfig())
+    points, mask = nearby_points(*depth_points(depth, K, c2w, valid), state, model.config.points)  # (B, N, 3), (B, N)
+    out = model(points, mask, command, state, frames=4)        # motion (B, 4, 4), blocked (B, 4), state (B, 5, 5)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from world_model import body as Bd
+from world_model import geometry as G
+
+COMMAND = ("x", "y", "z", "yaw", "pitch")  # the last axis of a command
+COMMAND_SCALE = (0.1, 0.1, 0.1, 0.05, 0.05)  # typical magnitudes (metres, radians per frame): inputs near unit size
+MOVE_EPS = 1e-6  # a command with less horizontal translation than this (metres) moves nothing, and is never blocked
+
+
+@dataclass
+class MotionConfig:
+    points: int = 1024  # points seen nearest to the body that the model keeps
+    neighbours: int = 32  # points nearest to a move's end that decide whether it is blocked
+    hidden: int = 64  # width of both networks
+    history: int = 5  # keyframes before the last frame whose depth the rollout also hands in (a window holds 6)
+    init_tilt_limit_deg: float = 15.0  # start of the learned tilt limit (learned from frames that reach it)
+
+    def __post_init__(self):
+        for name in ("points", "neighbours", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MotionConfig.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 0:
+            raise ValueError(f"MotionConfig.history must be an integer >= 0, got {self.history!r}")
+        if self.neighbours > self.points:
+            raise ValueError(f"MotionConfig.neighbours ({self.neighbours}) cannot exceed points ({self.points})")
+        if not 0 < self.init_tilt_limit_deg < 90:
+            raise ValueError(f"MotionConfig.init_tilt_limit_deg must be in (0, 90), got {self.init_tilt_limit_deg!r}")
+
+
+def nearby_points(xyz: Tensor, seen: Tensor, state: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The ``n`` of world points ``xyz`` (B, P, 3) where ``seen`` (B, P) nearest to a body (B, 5) on the floor plan,
+    in its level frame (x right, y down from the camera, z forward): points (B, n, 3), mask (B, n) bool."""
+    local = Bd.to_body(xyz.float(), state.float())  # (B, P, 3)
+    dist = torch.where(seen, local[..., [0, 2]].norm(dim=-1), math.inf)  # (B, P)
+    n = min(n, dist.shape[1])
+    near, idx = dist.topk(n, dim=1, largest=False)  # (B, n)
+    return local.gather(1, idx[..., None].expand(-1, -1, 3)), near.isfinite()
+
+
+def depth_points(depth: Tensor, K: Tensor, c2w: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """World points (B, F * H * W, 3) of depth frames and where they were seen (B, F * H * W).
+
+    depth: (B, F, H, W) z-depth in metres (<= 0 or non-finite: nothing seen).  K: (B, F, 3, 3).  c2w: (B, F, 4, 4).
+    valid: (B, F) bool, the frames to use.
+    """
+    xyz = G.unproject(depth.float().clamp_min(1e-6), K.float(), c2w.float()).flatten(2, 3)  # (B, F, HW, 3)
+    seen = (depth > 0).flatten(2) & depth.isfinite().flatten(2) & valid[..., None]  # (B, F, HW)
+    return xyz.flatten(1, 2), seen.flatten(1)
+
+
+class MotionModel(nn.Module):
+    """Per frame: the body's free motion under a command, and whether the move is blocked (module docstring)."""
+
+    def __init__(self, config: MotionConfig | None = None):
+        super().__init__()
+        self.config = c = config or MotionConfig()
+        self.register_buffer("command_scale", torch.tensor(COMMAND_SCALE), persistent=False)
+        self.gain = nn.Parameter(torch.ones(4))  # (dx, dz, dyaw, dpitch) per unit of command (x, z, yaw, pitch)
+        self.log_tilt_limit = nn.Parameter(torch.tensor(math.log(math.radians(c.init_tilt_limit_deg))))
+        self.residual = nn.Sequential(nn.Linear(6, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, 4))
+        nn.init.zeros_(self.residual[-1].weight)
+        nn.init.zeros_(self.residual[-1].bias)
+        self.point_net = nn.Sequential(nn.Linear(6, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden), nn.SiLU(), nn.Linear(c.hidden, c.hidden))
+        self.classify = nn.Sequential(nn.Linear(c.hidden + 2, c.hidden), nn.SiLU(), nn.Linear(c.hidden, 1))
+
+    @property
+    def tilt_limit(self) -> Tensor:
+        """The learned limit of the head's tilt (radians, both ways)."""
+        return self.log_tilt_limit.exp()
+
+    def free_motion(self, command: Tensor, tilt: Tensor) -> Tensor:
+        """The motion (B, 4) of one frame of ``command`` (B, 5) from ``tilt`` (B,) when nothing blocks it."""
+        c = command / self.command_scale
+        base = self.gain * command[:, [0, 2, 3, 4]]
+        motion = base + 0.01 * self.residual(torch.cat([c, tilt[:, None]], -1))
+        limit = self.tilt_limit
+        pitch = torch.minimum(torch.maximum(tilt + motion[:, 3], -limit), limit)  # the head stops at its limit
+        return torch.cat([motion[:, :3], (pitch - tilt)[:, None]], -1)
+
+    def blocked_logit(self, points: Tensor, mask: Tensor, state: Tensor, motion: Tensor) -> Tensor:
+        """Logits (B,) that ``motion`` (B, 4) from body ``state`` (B, 5) (both in the points' frame) is blocked.
+        points (B, N, 3), mask (B, N)."""
+        yaw = Bd.wrap(state[:, 3] + motion[:, 2])
+        right, forward = Bd.heading(yaw)  # (B, 2)
+        end = state[:, [0, 2]] + motion[:, :1] * right + motion[:, 1:2] * forward  # (B, 2) where the move ends
+        d = points[..., [0, 2]] - end[:, None]  # (B, N, 2)
+        rel = torch.stack([(d * right[:, None]).sum(-1), (d * forward[:, None]).sum(-1)], -1)  # the new heading's frame
+        dist = torch.where(mask, rel.norm(dim=-1), math.inf)
+        k = min(self.config.neighbours, dist.shape[1])
+        near, idx = dist.topk(k, dim=1, largest=False)  # (B, k)
+        rel = rel.gather(1, idx[..., None].expand(-1, -1, 2))
+        height = points[..., 1].gather(1, idx)
+        move = motion[:, :2] / 0.1  # (B, 2)
+        found = near.isfinite()
+        feats = torch.cat([rel, height[..., None], near.nan_to_num(0, posinf=0)[..., None], move[:, None].expand(-1, k, -1)], -1)
+        h = self.point_net(feats).masked_fill(~found[..., None], -1e4).amax(dim=1)  # (B, hidden)
+        logit = self.classify(torch.cat([h, move], -1))[:, 0]
+        return logit.masked_fill(~found.any(1), -math.inf)  # nothing seen: nothing to walk into
+
+    def forward(
+        self, points: Tensor, mask: Tensor, command: Tensor, state: Tensor, frames: int,
+        truth: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Roll ``frames`` frames of ``command`` (B, 5) from body ``state`` (B, 5).
+
+        Args:
+            points: (B, N, 3), mask (B, N): ``nearby_points`` in the level frame of ``state`` (so ``state`` is usually
+                level at the origin, but need not be).
+            truth: (B, frames + 1, 5) the true body states (training): each frame starts from the true state
+                (teacher forcing). None: from the model's own, with a move applied where p(blocked) < 0.5.
+        Returns:
+            ``free`` (B, frames, 4) the free motion of each frame; ``blocked_logit`` (B, frames) (-inf where the command
+            moves nothing); ``motion`` (B, frames, 4) the motion that happens; ``state`` (B, frames + 1, 5).
+        """
+        if command.shape != state.shape or command.shape[-1] != 5:
+            raise ValueError(f"command and state must both be (B, 5), got {tuple(command.shape)} and {tuple(state.shape)}")
+        moves = command[:, [0, 2]].norm(dim=-1) > MOVE_EPS  # (B,)
+        states, free, logits, motions = [state], [], [], []
+        for j in range(frames):
+            s = states[-1] if truth is None else truth[:, j]
+            m = self.free_motion(command, s[:, 4])
+            logit = self.blocked_logit(points, mask, s, m).masked_fill(~moves, -math.inf)
+            applied = m.clone()
+            applied[:, :2] = torch.where((logit > 0)[:, None], 0.0, m[:, :2])
+            free.append(m)
+            logits.append(logit)
+            motions.append(applied)
+            states.append(Bd.advance(s, applied))
+        return {
+            "free": torch.stack(free, 1), "blocked_logit": torch.stack(logits, 1), "motion": torch.stack(motions, 1),
+            "state": torch.stack(states, 1),
+        }
+
+    def loss(self, points: Tensor, mask: Tensor, command: Tensor, truth: Tensor, blocked: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss on chunks: truth (B, F + 1, 5) body states (level frame of frame 0), blocked (B, F) bool.
+
+        Free motion is fitted on every frame's rotation and on the translation of unblocked frames (centimetres and
+        degrees, squared); blocked by binary cross-entropy on the frames whose command moves.
+        """
+        frames = truth.shape[1] - 1
+        out = self(points, mask, command, truth[:, 0], frames, truth=truth)
+        measured = Bd.frame_motion(truth)  # (B, F, 4)
+        units = measured.new_tensor([100.0, 100.0, 180 / math.pi, 180 / math.pi])
+        err = ((out["free"] - measured) * units) ** 2  # (B, F, 4)
+        free = ~blocked
+        motion_loss = (err[..., :2].sum(-1) * free).sum() / free.sum().clamp_min(1) + err[..., 2:].sum(-1).mean()
+        moves = (command[:, [0, 2]].norm(dim=-1) > MOVE_EPS)[:, None].expand_as(blocked)
+        logit = out["blocked_logit"][moves]
+        bce = F.binary_cross_entropy_with_logits(logit, blocked[moves].float()) if logit.numel() else logit.sum()
+        loss = motion_loss + bce
+        return loss, {"loss": loss.detach(), "motion": motion_loss.detach(), "bce": bce.detach(),
+                      "tilt_limit_deg": torch.rad2deg(self.tilt_limit).detach()}
+
+
+def blocked_frames(truth: Tensor, command: Tensor, share: float = 0.5) -> Tensor:
+    """Which frames (B, F) of measured body states (B, F + 1, 5) were blocked: the command (B, 5) moves the body, the
+    body moved less than ``share`` of it."""
+    measured = Bd.frame_motion(truth)[..., :2].norm(dim=-1)  # (B, F)
+    wanted = command[:, [0, 2]].norm(dim=-1)[:, None]  # (B, 1)
+    return (wanted > MOVE_EPS) & (measured < share * wanted)
+
+
+def chunk_errors(predicted: Tensor, truth: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotation (degrees) and position (metres) error (B,) of the last state of predicted against true body states
+    (B, F + 1, 5)."""
+    a, b = Bd.body_pose(predicted[:, -1]), Bd.body_pose(truth[:, -1])
+    return torch.rad2deg(G.rotation_angle(a[:, :3, :3], b[:, :3, :3])), (a[:, :3, 3] - b[:, :3, 3]).norm(dim=-1)
