@@ -37,7 +37,8 @@ def run_train(args: argparse.Namespace) -> dict:
 def run_eval(args: argparse.Namespace) -> dict:
     from agents.evaluate import evaluate_agents
 
-    planner = {"horizon": args.horizon, "population": args.population, "iterations": args.iterations}
+    planner = {"horizon": args.horizon, "population": args.population, "iterations": args.iterations,
+               "pixels": not args.pose_only}
     report = evaluate_agents(
         _task(args), args.agents, args.episodes, args.out, start=args.start, checkpoint=args.checkpoint,
         planner=planner, ppo_imagination=args.ppo_imagination, ppo_sim=args.ppo_sim, progress=not args.no_progress,
@@ -89,6 +90,9 @@ def add_agents(subparsers) -> None:
     ev.add_argument("--horizon", type=int, default=4, help="planner horizon in steps (default 4)")
     ev.add_argument("--population", type=int, default=32, help="planner sequences per round (default 32)")
     ev.add_argument("--iterations", type=int, default=2, help="planner rounds per step (default 2)")
+    ev.add_argument("--pose-only", action="store_true",
+                    help="planners imagine poses alone (imagine(..., pixels=False): the learned world's motion model, no "
+                    "MM-DiT; the simulator oracle skips its ray-cast): for tasks scored by the camera (point_goal)")
     ev.add_argument("--ppo-imagination", type=Path, help="a train --world learned run folder")
     ev.add_argument("--ppo-sim", type=Path, help="a train --world sim run folder")
     ev.add_argument("--out", type=Path, default=Path("agents_eval"), help="output folder (default ./agents_eval)")

@@ -57,12 +57,15 @@ class Planner(ABC):
         actions: the action ids it may choose (default: every action of the model's ``Discrete`` space).
         alpha: weight of a round's estimate in the distribution's update, in (0, 1] (1: replace it).
         seed: of the sampling and of the imagined noise: the same seed, model and state give the same plan.
+        pixels: False imagines poses alone (``imagine(..., pixels=False)``: a learned world's motion model, no MM-DiT;
+            the simulator skips its ray-cast): enough for tasks whose rewards read only the camera (point goals).
     """
 
     name = "planner"
 
     def __init__(
-        self, horizon: int = 8, population: int = 64, iterations: int = 3, actions=None, alpha: float = 0.8, seed: int = 0
+        self, horizon: int = 8, population: int = 64, iterations: int = 3, actions=None, alpha: float = 0.8, seed: int = 0,
+        pixels: bool = True,
     ):
         self.horizon = check_positive_int(horizon, "horizon")
         self.population = check_positive_int(population, "population")
@@ -76,6 +79,9 @@ class Planner(ABC):
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
         self.alpha = float(alpha)
+        if not isinstance(pixels, (bool, np.bool_)):
+            raise ValueError(f"pixels must be True or False, got {pixels!r}")
+        self.pixels = bool(pixels)
         self.reset(seed)
 
     def reset(self, seed: int | None = None) -> None:
@@ -106,7 +112,9 @@ class Planner(ABC):
             index = np.minimum((self.rng.random((N, L, 1)) >= cdf[None]).sum(-1), A - 1)  # (N, L) into choices
             if i == 0 and self._rest is not None:  # the rest of the last plan, one fresh action at its end
                 index[0] = np.append(self._rest, index[0, -1])
-            returns = sequence_returns(model.imagine(choices[index], seed=int(self.rng.integers(2**63))))
+            seed = int(self.rng.integers(2**63))
+            pose_only = {} if self.pixels else {"pixels": False}  # a model without the option keeps its signature
+            returns = sequence_returns(model.imagine(choices[index], seed=seed, **pose_only))
             probs = (1 - self.alpha) * probs + self.alpha * self._estimate(index, returns, A)
             k = int(returns.argmax())
             if returns[k] > best_return:

@@ -227,6 +227,17 @@ def bench_env(args: argparse.Namespace) -> dict:
             env.imagine(ids, seed=0)
             figures["imagine"] = {"candidates": M, "steps": L, "seconds": round(time.perf_counter() - t0, 2),
                                   "imagine_chunk": env.world.config.imagine_chunk}
+        if args.pose_only:  # a point-goal planner's call: the motion model alone (pixels=False), one timed call
+            M, L = args.pose_only
+            env = DeepVerseEnv(checkpoint=model, dtype=dtype)
+            env.reset(seed=0)
+            ids = rng.integers(env.action_space.n, size=(M, L))
+            env.imagine(ids[:2], pixels=False)  # warm-up
+            t0 = time.perf_counter()
+            env.imagine(ids, pixels=False)
+            seconds = time.perf_counter() - t0
+            figures["pose_only"] = {"candidates": M, "steps": L, "seconds": round(seconds, 3),
+                                    "candidate_steps_per_s": round(M * L / seconds, 1)}
         if args.profile:  # separate runs, so the wrappers' own cost never enters the throughput figures
             from deepverse_env.profiling import StepProfile
 
@@ -241,6 +252,14 @@ def bench_env(args: argparse.Namespace) -> dict:
     result["dtypes"] = dtypes
     result["fastest_dtype"] = max(dtypes, key=lambda d: dtypes[d]["env_fps"])
     result.update(throughput("sim_", lambda: DeepVerseSimEnv(**size), lambda: DeepVerseSimVectorEnv(N, **size)))
+    if args.pose_only:  # the simulator's exact pose-only imagine (no ray-cast), beside the learned one
+        M, L = args.pose_only
+        sim = DeepVerseSimEnv(**size)
+        sim.reset(seed=0)
+        ids = rng.integers(sim.action_space.n, size=(M, L))
+        t0 = time.perf_counter()
+        sim.imagine(ids, pixels=False)
+        result["sim_pose_only_candidate_steps_per_s"] = round(M * L / (time.perf_counter() - t0), 1)
     result["ratio_to_sim"] = round(result["env_fps"] / result["sim_env_fps"], 4)
     result[f"vector{N}_ratio_to_sim"] = round(result[f"vector{N}_fps"] / result[f"sim_vector{N}_fps"], 4)
     return result
@@ -285,6 +304,10 @@ def add_bench(subparsers) -> None:
     env.add_argument("--imagine", nargs=2, type=positive_int, metavar=("M", "L"),
                      help="also time one imagine() call of M random candidate sequences of L steps per dtype "
                      "(e.g. 256 8: minutes on two cores)")
+    env.add_argument("--pose-only", nargs=2, type=positive_int, metavar=("M", "L"),
+                     help="also time one pose-only imagine(pixels=False) call of M random candidate sequences of L "
+                     "steps per dtype (the motion model alone; needs a model with one), beside the simulator's: "
+                     "candidate_steps_per_s (e.g. 1024 8)")
     env.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
                      help="compute dtypes measured, each in its own run (default float32 bfloat16; the CPU decides which "
                      "is faster: see fastest_dtype); the top-level figures are the first's")

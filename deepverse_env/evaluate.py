@@ -13,8 +13,9 @@ the learned world (``DeepVerse-v0``) and the simulator take the same seeded rand
 
 Per frame of the horizon (1..frames) the mean over worlds of PSNR, SSIM, sharpness ratio (mean |Laplacian| of
 predicted ÷ true luminance), depth AbsRel and δ<1.25, camera rotation and translation error, beside the
-trivial baselines ``copy_first`` (the start frame held) and ``warp`` (the start frame forward-splatted with its
-true depth into the true cameras). A ``copy_last`` baseline (the last real frame held) is left out: an open-loop
+trivial baselines ``copy_first`` (the start frame held), ``warp`` (the start frame forward-splatted with its
+true depth into the true cameras) and ``exact_cache`` (the same with every hole filled by the nearest rendered pixel:
+the no-generation upper bound a grounded world must beat, ``metrics.exact_camera_cache``). A ``copy_last`` baseline (the last real frame held) is left out: an open-loop
 rollout from one start frame has no later real frame, so it would equal ``copy_first``.
 
 The model's rollout is also scored against itself (``metrics.self_consistency``; the start frame is frame 0, so
@@ -30,6 +31,12 @@ frame 1 is the pair 0 -> 1), with the true frames as the reference row ``truth``
 
 A frozen world scores perfectly on both, so they are read beside the accuracy metrics. The baselines get none:
 ``copy_first`` is one frame held (trivially consistent), ``warp`` is the truth's cameras over one frame.
+
+With a motion model (M19) the learned world says which steps it blocked: their precision and recall against the
+simulator's are reported for the random scripts (``blocked``), and the **wall** suite presses forward ``WALL_STEPS``
+times from every 4D start and scores the camera position after each step (``wall``). The ``paper path`` rows run
+without the 3D cache and with the cameras the raymap generates (``camera: generated``), the paper's model; a
+model with a motion model and no 3D cache is scored on one path, ``motion``, in its motion model's cameras.
 
 The **revisit** suite starts from the 4D start of each of the first ``REVISIT_WORLDS`` worlds and walks three
 scripted trajectories of the basic action set (counts from its step length and turn angle; each capped at
@@ -128,18 +135,54 @@ def rollout(
     camera), each a dict of the observation keys (``pred`` and ``start`` without depth for a model without it);
     ``env``: more keyword arguments of the learned env (``LearnedEnvConfig``)."""
     N = len(seeds)
+    if not render_cache and model.uses_cache:  # the paper path beside the grounded one: no 3D cache, and the
+        env = {"camera": "generated", **(env or {})}  # cameras the raymap generates (not a motion model's)
     envs = DeepVerseVectorEnv(N, checkpoint=model, render_cache=render_cache, **(env or {}))
     sims = DeepVerseSimVectorEnv(N, height=envs.height, width=envs.width, frames_per_step=envs.frames_per_step)
     first, _ = sims.reset(seed=seeds)
     start_obs, _ = envs.reset(seed=seeds, options={"image": first["rgb"]} if start == "image" else None)
-    pred, true = [], []
+    pred, true, blocked = [], [], []
     for step in tqdm(scripts.T, desc=f"eval {start}{'' if render_cache else ' (paper path)'}", disable=not progress):
         *_, info = envs.step(step)
         *_, truth = sims.step(step)
         pred.append(_tensors(info["frames"]))  # (N, F, ...)
         true.append(_tensors(truth["frames"]))
+        blocked.append((info.get("blocked"), truth["blocked"]))
     cat = lambda parts: {k: torch.cat([p[k] for p in parts], dim=1) for k in parts[0]}  # noqa: E731
-    return {"pred": cat(pred), "true": cat(true), "first": _tensors(first), "start": _tensors(start_obs)}
+    run = {"pred": cat(pred), "true": cat(true), "first": _tensors(first), "start": _tensors(start_obs)}
+    if all(b is not None for b, _ in blocked):  # a motion model says which steps it blocked: (N, L) each
+        run["blocked"] = tuple(torch.from_numpy(np.stack(x, axis=1).astype(bool)) for x in zip(*blocked))
+    return run
+
+
+def blocked_scores(run: dict) -> dict | None:
+    """Precision and recall of the learned world's blocked steps against the simulator's (None without a motion
+    model), and how many steps each blocked."""
+    if "blocked" not in run:
+        return None
+    pred, true = run["blocked"]
+    tp = int((pred & true).sum())
+    return {"precision": round(tp / max(int(pred.sum()), 1), 4), "recall": round(tp / max(int(true.sum()), 1), 4),
+            "blocked_model": int(pred.sum()), "blocked_sim": int(true.sum()), "steps": int(true.numel())}
+
+
+WALL_STEPS = 8  # the wall suite presses forward this often from each 4D start
+
+
+def wall_suite(model, seeds: list[int], render_cache: bool, env: dict) -> dict:
+    """Forward ``WALL_STEPS`` times from the 4D starts of ``seeds``: the camera position error after each step
+    (metres, mean over worlds), the model's and the simulator's distance walked, and the blocked scores."""
+    script = np.full((len(seeds), WALL_STEPS), get_action_set("basic").index("forward"))
+    run = rollout(model, seeds, script, "4d", render_cache, False, env)
+    tf = model.frames_per_chunk
+    pos = lambda frames: frames["pose"][:, tf - 1 :: tf, :3, 3]  # noqa: E731  (N, L, 3) after each step
+    err = (pos(run["pred"]) - pos(run["true"])).norm(dim=-1).mean(0)  # (L,)
+    return {
+        "steps": WALL_STEPS, "pos_err_m": [round(float(x), 4) for x in err],
+        "walked_model_m": round(float(pos(run["pred"])[:, -1].norm(dim=-1).mean()), 4),
+        "walked_sim_m": round(float(pos(run["true"])[:, -1].norm(dim=-1).mean()), 4),
+        "blocked": blocked_scores(run),
+    }
 
 
 def _world_mean(metric: str, scores: torch.Tensor) -> list[float]:
@@ -169,7 +212,9 @@ def horizon_metrics(run: dict, start: str) -> dict[str, dict[str, list[float]]]:
     T = true["rgb"].shape[1]
     copy = M.copy_last_frame({k: first[k] for k in ("rgb", "depth", "pose")}, T)
     rgb, depth, _ = M.warp_with_true_motion(first["rgb"], first["depth"], first["intrinsics"], first["pose"], true["pose"])
-    rows = {"model": pred, "copy_first": copy, "warp": {"rgb": rgb, "depth": depth}}
+    cached = M.exact_camera_cache(first["rgb"], first["depth"], first["intrinsics"], first["pose"], true["pose"])
+    rows = {"model": pred, "copy_first": copy, "warp": {"rgb": rgb, "depth": depth},
+            "exact_cache": {"rgb": cached[0], "depth": cached[1]}}
     out = {}
     for name, frames in rows.items():
         if start == "image" and name == "model":  # depth and translation are in unknown units
@@ -294,7 +339,22 @@ def _report(summary: dict) -> str:
                         cells = [f"{per_frame[h - 1]:.3f}" if per_frame else "n/a" for h in marks]
                         lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
             lines.append("")
+    lines += [f"## Wall: {WALL_STEPS} x forward from the 4D starts (position error after each step, metres)", "",
+              "| path | " + " | ".join(f"step {k + 1}" for k in range(WALL_STEPS)) + " | walked (model / sim) | blocked P / R |",
+              "|---|" + "---|" * (WALL_STEPS + 2)]
+    for label, w in summary["wall"].items():
+        b = w["blocked"]
+        pr = f"{b['precision']:.3f} / {b['recall']:.3f}" if b else "n/a (no motion model)"
+        lines.append(f"| {label} | " + " | ".join(f"{x:.3f}" for x in w["pos_err_m"])
+                     + f" | {w['walked_model_m']:.2f} / {w['walked_sim_m']:.2f} | {pr} |")
+    lines.append("")
+    for label, per_start in summary["blocked"].items():
+        for start, b in per_start.items():
+            if b:
+                lines.append(f"Blocked steps of the random scripts, {label}, {start} start: precision {b['precision']:.3f}, "
+                             f"recall {b['recall']:.3f} ({b['blocked_model']} model, {b['blocked_sim']} simulator, of {b['steps']})")
     lines += [
+        "",
         f"## Revisit (worlds {summary['revisit_worlds']}: the returning view against the truth and against the view "
         "first seen; truth: the true returning view against the true start)", "",
         "| path | trajectory | steps | row | PSNR | SSIM | sharpness | PSNR vs first view |", "|---|---|---|---|---|---|---|---|",
@@ -347,28 +407,30 @@ def run_eval(
     rng = np.random.default_rng(seed)
     action_set = get_action_set("basic")
     scripts = rng.choice([action_set.index(m) for m in MOVES], size=(len(world_seeds), frames // tf))
-    grounded = model.uses_cache  # else the paper path alone (e.g. a model without depth)
-    paths = {"grounded": True, "paper path": False} if grounded and compare_paper_path else {
-        "grounded" if grounded else "paper path": grounded
-    }
+    grounded = model.uses_cache  # else one path without the cache (e.g. a model without depth)
+    alone = "grounded" if grounded else "paper path" if model.motion is None else "motion"  # in its motion model's cameras
+    paths = {"grounded": True, "paper path": False} if grounded and compare_paper_path else {alone: grounded}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, blocked = {}, {}
     for label, cache in paths.items():
-        results[label] = {}
+        results[label], blocked[label] = {}, {}
         for start in starts:
             run = rollout(model, world_seeds, scripts, start, cache, progress, env)
             results[label][start] = horizon_metrics(run, start)
+            blocked[label][start] = blocked_scores(run)
             _strip(run, out / f"frames-{start}-{label.replace(' ', '-')}.png")
+    walls = {label: wall_suite(model, world_seeds, cache, env) for label, cache in paths.items()}
     revisit_seeds = world_seeds[:REVISIT_WORLDS]
     revisits = {
         label: revisit_suite(model, revisit_seeds, cache, env, revisit_steps, progress) for label, cache in paths.items()
     }
     summary = {
         "checkpoint": "shipped" if checkpoint is None else str(checkpoint), "seeds": seeds, "frames": frames,
-        "action_seed": seed, "env": env, "results": results, "revisit_worlds": revisit_seeds, "revisit": revisits,
+        "action_seed": seed, "env": env, "results": results, "blocked": blocked, "wall": walls,
+        "revisit_worlds": revisit_seeds, "revisit": revisits,
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     (out / "report.md").write_text(_report(summary))
     plots = _plots(results, out)
-    return {"out": str(out), "plots": plots, "report": str(out / "report.md"), "revisit": revisits}
+    return {"out": str(out), "plots": plots, "report": str(out / "report.md"), "revisit": revisits, "wall": walls}

@@ -86,6 +86,17 @@ def test_bench_env(tmp_path, capsys):
     assert result["fastest_dtype"] == max(result["dtypes"], key=lambda d: result["dtypes"][d]["env_fps"])
 
 
+def test_bench_env_times_pose_only_imagination_beside_the_simulators(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = DeepVerse(tiny_config(motion=True, sampler=dict(steps=1), motion_overrides={"points": 128, "neighbours": 16}))
+    checkpoint = model.save_pretrained(tmp_path / "motion")
+    result = run(capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 2, "--dtypes", "float32",
+                 "--pose-only", 8, 3, "--out", tmp_path / "b.json")
+    pose = result["dtypes"]["float32"]["pose_only"]
+    assert pose["candidates"] == 8 and pose["steps"] == 3 and pose["candidate_steps_per_s"] > 0
+    assert result["pose_only"] == pose and result["sim_pose_only_candidate_steps_per_s"] > 0
+
+
 def test_bench_env_profile_breaks_a_step_into_parts(tmp_path, capsys):
     """--profile times each part of a step; the parts and 'other' add up to the step, a slide is in it
     (encode, anchor), and the world's methods are its own again afterwards."""

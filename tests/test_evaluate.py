@@ -30,13 +30,16 @@ def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, caps
     consistency = {"consistency_4d", "temporal_consistency", "consistency_coverage"}
     for start in ("4d", "image"):
         rows = summary["results"]["grounded"][start]
-        assert set(rows) == {"model", "copy_first", "warp", "truth"}
+        assert set(rows) == {"model", "copy_first", "warp", "exact_cache", "truth"}
         assert consistency <= set(rows["model"]) and set(rows["truth"]) == consistency  # an image start keeps them
-        assert not consistency & set(rows["copy_first"]) and not consistency & set(rows["warp"])
+        assert not consistency & (set(rows["copy_first"]) | set(rows["warp"]) | set(rows["exact_cache"]))
         assert all(len(v) == 8 for row in ("model", "truth") for v in rows[row].values())
         assert ("trans_err_m" in rows["model"]) == (start == "4d")  # an image start has no metric scale
         assert all(0 < c <= 1 for c in rows["truth"]["consistency_coverage"])
         assert all(10 < c <= 100 for c in rows["truth"]["consistency_4d"])
+    assert summary["blocked"] == {path: {"4d": None, "image": None} for path in ("grounded", "paper path")}  # no motion model
+    for wall in summary["wall"].values():
+        assert len(wall["pos_err_m"]) == 8 and wall["blocked"] is None and wall["walked_sim_m"] >= 0
     assert summary["revisit_worlds"] == [2000000, 2000001]
     for suite in summary["revisit"].values():
         assert set(suite) == {"out_and_back", "full_turn", "loop"}
@@ -49,9 +52,25 @@ def test_eval_writes_scores_plots_and_report(grounded_checkpoint, tmp_path, caps
         assert (out / f"{metric}.png").stat().st_size > 0
     assert (out / "frames-image-grounded.png").exists()
     report = (out / "report.md").read_text()
-    assert "| copy_first | psnr |" in report and "| truth | consistency_4d |" in report
+    assert "| copy_first | psnr |" in report and "| exact_cache | psnr |" in report and "## Wall" in report and "| truth | consistency_4d |" in report
     assert "| paper path | full_turn | 1 | memory off |" in report
     assert json.loads(capsys.readouterr().out)["report"] == str(out / "report.md")
+
+
+def test_eval_of_a_motion_model_scores_its_blocked_steps_and_the_wall(tmp_path, capsys):
+    model = DeepVerse(tiny_config(motion=True, render_cache=True, sampler={"steps": 1}, refiner_overrides={"width": 8},
+                                  motion_overrides={"points": 128, "neighbours": 16}))
+    checkpoint = model.save_pretrained(tmp_path / "motion")
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--seeds", "2000000:2000002", "--frames", "8", "--starts", "4d",
+                 "--out", str(out), "--no-progress", "--revisit-steps", "1"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    b = summary["blocked"]["grounded"]["4d"]
+    assert b["steps"] == 2 * 2 and 0 <= b["precision"] <= 1 and 0 <= b["recall"] <= 1
+    assert summary["blocked"]["paper path"]["4d"] is None  # the paper path's cameras come from the raymap
+    wall = summary["wall"]["grounded"]
+    assert wall["blocked"]["steps"] == 2 * 8 and len(wall["pos_err_m"]) == 8 and summary["wall"]["paper path"]["blocked"] is None
+    assert "Blocked steps of the random scripts, grounded, 4d start" in (out / "report.md").read_text()
 
 
 def test_revisit_trajectories_from_the_step_length_and_turn_angle():

@@ -55,6 +55,20 @@ def test_warp_identity_and_one_pixel_shift():
     assert torch.allclose(d[0, 1], depth[0])
 
 
+def test_exact_camera_cache_fills_the_warps_holes_with_the_nearest_rendered_pixel():
+    H, W = 6, 8
+    rgb = torch.randint(0, 256, (1, H, W, 3), dtype=torch.uint8)
+    depth = torch.full((1, H, W, 1), 2.0)
+    K = torch.tensor([[10.0, 0, (W - 1) / 2], [0, 10.0, (H - 1) / 2], [0, 0, 1]])[None]
+    target = torch.eye(4).repeat(1, 2, 1, 1)
+    target[0, 1, 0, 3] = 0.4  # two pixels of parallax: the last two columns are holes of the warp
+    warped, _, hit = M.warp_with_true_motion(rgb, depth, K, torch.eye(4)[None], target)
+    out, d = M.exact_camera_cache(rgb, depth, K, torch.eye(4)[None], target)
+    assert torch.equal(out[0, 0], rgb[0]) and torch.equal(out[0, 1][hit[0, 1]], warped[0, 1][hit[0, 1]])
+    assert torch.equal(out[0, 1, :, W - 2], rgb[0, :, W - 1]) and torch.equal(out[0, 1, :, W - 1], rgb[0, :, W - 1])
+    assert not torch.equal(warped[0, 1, :, W - 2], out[0, 1, :, W - 2]) and torch.allclose(d[0, 1], depth[0])
+
+
 def test_warp_respects_occlusion():
     """Of several source points landing on one target pixel, the nearest one wins."""
     W = 5

@@ -212,6 +212,13 @@ def test_the_learned_env_moves_by_the_motion_model(tmp_path):
     for k in (1, 5, 2):
         x, y = a.step(k)[0], b.step(k)[0]
         assert all(np.array_equal(x[key], y[key]) for key in x)  # same seed, same frames
+    from deepverse_env.learned.vector_env import DeepVerseVectorEnv
+
+    vec = DeepVerseVectorEnv(2, checkpoint=model, max_episode_steps=1)
+    vec.reset(seed=0)
+    for _ in range(2):  # the second step restarts both worlds: nothing moved, nothing blocked
+        *_, info = vec.step(np.array([turn, turn]))
+        assert info["blocked"].dtype == bool and info["blocked"].shape == (2,) and not info["blocked"].any()
     text = gym.make("DeepVerse-v0", checkpoint=model, text_actions=True)
     text.reset(seed=0)
     obs, *_ = text.step("The camera stays in place, turning right.")
@@ -223,3 +230,41 @@ def test_blocked_frames_need_a_commanded_move():
     truth[1, 1:, 2] = 0.08  # moved in the first frame, then stopped
     command = torch.tensor([[0.0, 0, 0, 0.05, 0], [0, 0, 0.08, 0, 0]])
     assert blocked_frames(truth, command).tolist() == [[False, False], [False, True]]
+
+
+def test_pose_only_imagination_rolls_the_motion_model_alone_and_changes_nothing():
+    import gymnasium as gym
+
+    import deepverse_env  # noqa: F401
+
+    r = motion_world()
+    basic = get_action_set("basic")
+    turn, forward = basic[5].command, basic[1].command
+    commands = torch.tensor([[turn, turn, forward], [forward, forward, forward]]).float()  # (M, L, 5)
+    before = r.latents.clone(), r.generator.get_state()
+    out = r.imagine_poses(torch.tensor([0, 0]), commands)
+    assert out.shape == (2, 3) and torch.equal(r.latents, before[0]) and torch.equal(r.generator.get_state(), before[1])
+    assert torch.allclose(out["pose"][0, 0], r.plan(commands[[0, 1], 0])[0][0, -1], atol=1e-6)  # step 1 = plan's
+    assert math.isclose(Bd.body_state(out["pose"][0, 1])[3].item(), 8 * basic[5].yaw, abs_tol=1e-5)
+    with pytest.raises(ValueError, match=r"finite \(2, L, 5\) tensor"):
+        r.imagine_poses(torch.tensor([0, 1]), commands[..., :4])
+    model = DeepVerse(tiny_config(motion=True, motion_overrides={"points": 128, "neighbours": 16}))
+    env = gym.make("DeepVerse-v0", checkpoint=model, reward="goal")
+    env.reset(seed=0)
+    seqs = np.array([[1, 1, 5], [5, 5, 5]])
+    imagined = env.unwrapped.imagine(seqs, pixels=False)
+    assert set(imagined.keys()) >= {"pose", "blocked", "reward", "terminated"} and "rgb" not in imagined.keys()
+    sim = gym.make("DeepVerseSim-v0", height=16, width=16, reward="goal")
+    sim.reset(seed=0)
+    fast, full = sim.unwrapped.imagine(seqs, pixels=False), sim.unwrapped.imagine(seqs)
+    assert torch.allclose(fast["pose"], full["pose"]) and torch.allclose(fast["reward"], full["reward"])
+    with pytest.raises(ValueError, match="pixels must be True or False"):
+        sim.unwrapped.imagine(seqs, pixels="no")
+    generated = gym.make("DeepVerse-v0", checkpoint=model, camera="generated")
+    generated.reset(seed=0)
+    with pytest.raises(ValueError, match="this world has none"):
+        generated.unwrapped.imagine(seqs, pixels=False)
+    depth_hook = gym.make("DeepVerse-v0", checkpoint=model, reward="collision")
+    depth_hook.reset(seed=0)
+    with pytest.raises(ValueError, match="pose-only imagination"):
+        depth_hook.unwrapped.imagine(seqs, pixels=False)

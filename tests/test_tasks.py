@@ -46,10 +46,12 @@ def test_hooks_score_identical_transitions_identically_in_both_envs():
     vec.reset(seed=5)
     learned.reset(seed=5)
     replayed.reset(seed=5)
-    sentences = learned.world.sentences
+    world_sentences = learned.world.sentences
 
-    def replay(step_sentences, before_commit=None):
-        *_, info = replayed.step(sentences.index(step_sentences[0]))
+    def replay(sentences=None, before_commit=None, *, commands=None):  # Rollout.step's signature
+        assert commands is None, "the fast model has no motion model: it is driven by sentences"
+        *_, info = replayed.step(world_sentences.index(sentences[0]))
+        learned.world.rollout.sentences = list(sentences)  # what Rollout.step records
         chunk = TensorDict({k: torch.from_numpy(v)[None] for k, v in info["frames"].items()}, batch_size=[1, 4])
         if before_commit is not None:
             before_commit(chunk)  # Rollout.step's contract: score before the step is committed

@@ -187,6 +187,26 @@ def warp_with_true_motion(
     return warp(each(rgb), each(depth), each(K), each(c2w), target_c2w)
 
 
+def exact_camera_cache(
+    rgb: Tensor, depth: Tensor, K: Tensor, c2w: Tensor, target_c2w: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The no-generation upper bound of a grounded world (M19): one frame rendered into the *true* cameras with its
+    true depth, every hole filled with the nearest rendered pixel (``scipy.ndimage.distance_transform_edt``).
+    Arguments as ``warp_with_true_motion``; returns rgb (B, T, H, W, 3) and depth (B, T, H, W, 1)."""
+    from scipy.ndimage import distance_transform_edt
+
+    out_rgb, out_depth, hit = warp_with_true_motion(rgb, depth, K, c2w, target_c2w)
+    out_rgb, out_depth = out_rgb.clone(), out_depth.clone()
+    for b, t in torch.nonzero(~hit.flatten(2).all(-1)).tolist():  # frames with holes
+        covered = hit[b, t].cpu().numpy()
+        if not covered.any():
+            continue  # nothing rendered: the frame keeps what the warp left (the source frame)
+        _, (i, j) = distance_transform_edt(~covered, return_indices=True)
+        i, j = torch.from_numpy(i).to(rgb.device), torch.from_numpy(j).to(rgb.device)
+        out_rgb[b, t], out_depth[b, t] = out_rgb[b, t][i, j], out_depth[b, t][i, j]
+    return out_rgb, out_depth
+
+
 # --------------------------------------------------------------------------------------------------
 # Self-consistency of a 4D sequence (no truth needed)
 # --------------------------------------------------------------------------------------------------

@@ -445,35 +445,79 @@ class Rollout:
         self.sentences = said  # what the MM-DiT was told: the pressed sentences, or the motion model's
         return chunk
 
+    @torch.no_grad()
     def plan(self, commands: Tensor) -> tuple[Tensor, Tensor, list[str]]:
         """The motion model's cameras for the next chunk of every world (changes nothing).
 
-        The points it reads are the window's last frame and keyframes before it (up to ``MotionConfig.history``),
-        in metres in the episode frame. Returns poses (B, tf, 4, 4) in the episode frame, blocked (B, tf) bool, and
-        the B sentences of the motion (``geometry.motion_classes`` with ``caption_thresholds``).
+        The points it reads are ``world_points``: the window's last frame and keyframes before it (up to
+        ``MotionConfig.history``) and the 3D cache, in metres in the episode frame. It runs in float32 whatever
+        ``dtype`` says (bfloat16 poses would be ~0.5 degrees off). Returns poses (B, tf, 4, 4) in the episode frame,
+        blocked (B, tf) bool, and the B sentences of the motion (``geometry.motion_classes``, ``caption_thresholds``).
         """
         motion = self.model.motion
         rows = torch.arange(self.B, device=self.device)
-        last = self._frame_count() - 1  # (B,)
-        index = last[:, None] - self.tf * torch.arange(motion.config.history + 1, device=self.device)  # newest first
-        frames = self.frames[rows[:, None], index.clamp_min(0)]  # (B, 1 + history)
-        start = body_state(frames["pose"][:, 0])  # (B, 5)
-        if self.depth:
-            xyz, seen = depth_points(frames["depth"][..., 0], frames["intrinsics"], frames["pose"], index >= 0)
-        else:  # nothing seen: the body is never blocked
-            xyz, seen = start.new_zeros(self.B, 1, 3), torch.zeros(self.B, 1, dtype=torch.bool, device=self.device)
+        current = self.frames["pose"][rows, self._frame_count() - 1]  # (B, 4, 4)
+        start = body_state(current)  # (B, 5)
+        xyz, seen = self.world_points(rows)
         points, mask = nearby_points(xyz, seen, start, motion.config.points)
-        with self._net():
-            out = motion(points, mask, commands, relative(start, start), self.tf)
-        states = absolute(out["state"].float(), start[:, None])  # (B, tf + 1, 5)
+        out = motion(points, mask, commands, relative(start, start), self.tf)
+        states = absolute(out["state"], start[:, None])  # (B, tf + 1, 5)
         poses = body_pose(states[:, 1:])
         t = self.config.caption_thresholds
         if t is None:  # half of each command's motion over the chunk
             half = 0.5 * self.tf * commands.abs().amax(dim=0)
             t = {"move_threshold": float(half[[0, 2]].max().clamp_min(1e-3)), "yaw_threshold": float(half[3].clamp_min(1e-3)),
                  "pitch_threshold": float(half[4].clamp_min(1e-3))}
-        ids = G.motion_classes(frames["pose"][:, 0], poses[:, -1], **t)
+        ids = G.motion_classes(current, poses[:, -1], **t)
         return poses, out["blocked_logit"] > 0, [SENTENCES[i] for i in ids.tolist()]
+
+    def world_points(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """What worlds ``rows`` (n,) have shown, as points in the episode frame (metres): the window's keyframes (the
+        motion model's history) and, where there is one, the 3D cache. xyz (n, P, 3), seen (n, P)."""
+        motion = self.model.motion
+        last = self._frame_count()[rows] - 1
+        index = last[:, None] - self.tf * torch.arange(motion.config.history + 1, device=self.device)
+        frames = self.frames[rows[:, None], index.clamp_min(0)]  # (n, 1 + history)
+        if not self.depth:
+            return frames["pose"].new_zeros(len(rows), 1, 3), torch.zeros(len(rows), 1, dtype=torch.bool, device=self.device)
+        xyz, seen = depth_points(frames["depth"][..., 0], frames["intrinsics"], frames["pose"], index >= 0)
+        if self.cache is not None:
+            st = self.cache.state[rows]  # (n, F)
+            xyz = torch.cat([xyz, st["xyz"].flatten(1, 2)], 1)
+            seen = torch.cat([seen, st["valid"][:, :, None].expand(-1, -1, st["xyz"].shape[2]).flatten(1)], 1)
+        return xyz, seen
+
+    @torch.no_grad()
+    def imagine_poses(self, rows: Tensor, commands: Tensor) -> TensorDict:
+        """Pose-only imagination (M19): the motion model alone rolls candidate command sequences from worlds ``rows``
+        (M,) against what those worlds have shown (``world_points``): no MM-DiT, no codec, nothing changes here.
+
+        Args:
+            rows: (M,) the world each candidate starts from (repeats allowed).  commands: (M, L, 5) per step.
+        Returns:
+            TensorDict (M, L): ``pose`` (4, 4) and ``intrinsics`` (3, 3) of the last frame of each step, ``blocked``
+            (whether the motion model blocked a frame of the step).
+        """
+        if self.camera != "motion":
+            raise ValueError("pose-only imagination needs the motion model's cameras (camera 'motion')")
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        commands = torch.as_tensor(commands, dtype=torch.float32, device=self.device)
+        if commands.ndim != 3 or commands.shape[::2] != (len(rows), 5) or not bool(commands.isfinite().all()):
+            raise ValueError(f"commands must be a finite ({len(rows)}, L, 5) tensor, got shape {tuple(commands.shape)}")
+        unique, inverse = rows.unique(return_inverse=True)
+        xyz, seen = self.world_points(unique)  # per world, shared by its candidates
+        xyz, seen = xyz[inverse], seen[inverse]
+        motion, M, L = self.model.motion, len(rows), commands.shape[1]
+        state = body_state(self.frames["pose"][rows, self._frame_count()[rows] - 1])  # (M, 5) episode frame
+        poses, blocked = [], []
+        for t in range(L):
+            points, mask = nearby_points(xyz, seen, state, motion.config.points)
+            out = motion(points, mask, commands[:, t], relative(state, state), self.tf)
+            state = absolute(out["state"][:, -1], state)
+            poses.append(body_pose(state))
+            blocked.append((out["blocked_logit"] > 0).any(1))
+        K = self.frames["intrinsics"][rows, :1].expand(M, L, 3, 3)
+        return TensorDict({"pose": torch.stack(poses, 1), "intrinsics": K, "blocked": torch.stack(blocked, 1)}, [M, L])
 
     def _generate(self, sentences: list[str] | None, commands: Tensor | None) -> tuple[TensorDict, list[tuple], list[str]]:
         """The chunk (B, tf), per history group what ``_commit`` writes back, and the sentences the MM-DiT was given;

@@ -209,7 +209,9 @@ class DeepVerseEnv(gym.Env):
 
     # ---- planner API -----------------------------------------------------------------------------
 
-    def imagine(self, action_sequences, state: WorldState | None = None, seed: int | None = None) -> TensorDict:
+    def imagine(
+        self, action_sequences, state: WorldState | None = None, seed: int | None = None, pixels: bool = True
+    ) -> TensorDict:
         """Imagine N candidate futures in one batched rollout, from the current state or a snapshot.
 
         Args:
@@ -217,9 +219,13 @@ class DeepVerseEnv(gym.Env):
                 indices into ``world_model.text.SENTENCES``).
             state: a ``get_state()`` snapshot to start from (default: now).
             seed: of the imagined noise, an integer in [0, 2**64) (default: drawn from ``np_random``).
+            pixels: False imagines poses alone (a model with a motion model, M19): the motion model rolls the
+                sequences against what the world has shown, no MM-DiT and no codec, thousands of candidate-steps a
+                second; hooks that need only the pose (point goals, action costs) score it.
         Returns:
             TensorDict (N, L): ``rgb``, ``depth`` (with depth), ``pose``, ``intrinsics`` after each step, ``action``,
-            ``reward`` and ``terminated`` from the hooks, ``scale``. The env itself is left as it was.
+            ``reward`` and ``terminated`` from the hooks, ``scale``; with ``pixels=False`` ``pose``, ``intrinsics``,
+            ``blocked``, ``action``, ``reward``, ``terminated``. The env itself is left as it was.
 
         Candidates are rolled ``imagine_chunk`` (default 16) at a time, so memory stays bounded whatever N
         is (about 80 MB a candidate of a chunk for the shipped model on CPU, plus the returned frames;
@@ -231,6 +237,10 @@ class DeepVerseEnv(gym.Env):
         seed = check_seed(seed, "imagine's seed", 2**64)
         if state is not None:
             self.world.check_state(state)
+        if not isinstance(pixels, (bool, np.bool_)):
+            raise ValueError(f"pixels must be True or False, got {pixels!r}")
+        if not pixels:
+            return self.world.imagine_poses(np.zeros(len(a), dtype=np.int64), a, state)
         if seed is None:
             seed = int(self.np_random.integers(2**63))
         return self.world.imagine(np.zeros(len(a), dtype=np.int64), a, state, seed)

@@ -88,12 +88,14 @@ class DeepVerseVectorEnv(VectorEnv):
             raise ValueError(f"actions must hold {N} actions, got {actions!r}")
         ids = np.array([action_id(a, self.actions, self.config.text_actions) for a in actions], dtype=np.int64)
         restart = self._autoreset.copy()
-        reward, terminated, frames = np.zeros(N), np.zeros(N, dtype=bool), None
+        reward, terminated, frames, blocked = np.zeros(N), np.zeros(N, dtype=bool), None, np.zeros(N, dtype=bool)
         if not restart.all():  # restarting worlds ride along and are restarted after the step
             chunk, r, t = self.world.step(ids)
             frames = {k: chunk[k].cpu().numpy().copy() for k in self.world.keys}  # restarted rows are overwritten
             reward = np.where(restart, 0.0, r.cpu().numpy().astype(np.float64))
             terminated = t.cpu().numpy() & ~restart
+            if "blocked" in chunk.keys():  # the motion model's verdict on each world's move
+                blocked = chunk["blocked"].any(dim=1).cpu().numpy() & ~restart
         if restart.any():
             self.world.start(restart)
         obs = self.world.observation()
@@ -113,6 +115,8 @@ class DeepVerseVectorEnv(VectorEnv):
             "scale": self.world.rollout.scale.cpu().numpy().copy(),
             "scene_seed": self.world.scene_seeds.copy(),
         }
+        if self.world.rollout.camera == "motion":  # the motion model's verdict on each world's move
+            info["blocked"] = blocked
         self._autoreset = terminated | truncated
         return obs, reward, terminated, truncated, info
 

@@ -423,6 +423,26 @@ class LearnedWorld:
         self.maps = [m.copy() for m in state.maps]
         self.scene_seeds = state.scene_seeds.copy()
 
+    def imagine_poses(self, index: np.ndarray, ids: np.ndarray, state: WorldState | None) -> TensorDict:
+        """Pose-only imagination (``Rollout.imagine_poses``: the motion model alone, no MM-DiT, no codec) of action
+        sequences ``ids`` (M, L) from worlds ``index`` (M,), scored by the hooks; nothing here changes.
+
+        Returns TensorDict (M, L): ``pose``, ``intrinsics``, ``blocked``, ``action``, ``reward``, ``terminated``.
+        Hooks that read pixels or depth cannot score it: ValueError naming the key they wanted.
+        """
+        rollout, td = (self.rollout, self.td) if state is None else (state.rollout, state.td)
+        if rollout.camera != "motion":
+            raise ValueError("pixels=False imagines with the motion model alone: this world has none (camera 'generated')")
+        rows = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        ids_t = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.device)
+        frames = rollout.imagine_poses(rows, self.commands[ids_t])
+        try:
+            return self.hooks.rollout(td[rows].select(*(k for k in td.keys() if k not in self.keys or k in frames.keys())),
+                                      ids_t, frames)
+        except (KeyError, ValueError) as e:  # a hook reading rgb/depth: KeyError, or next_depth's ValueError
+            raise ValueError(f"pose-only imagination (pixels=False) makes only {sorted(frames.keys())} of the imagined "
+                             f"frames, and the reward or termination hooks need more: {e}") from None
+
     def imagine(self, index: np.ndarray, ids: np.ndarray, state: WorldState | None, seed: int) -> TensorDict:
         """Roll action sequences from worlds ``index`` in batched rollouts of copies; nothing here changes.
 

@@ -289,13 +289,15 @@ class DeepVerseSimEnv(gym.Env):
         }
         return obs, float(reward[0]), bool(terminated[0]), False, info
 
-    def imagine(self, action_sequences, seed: int | None = None) -> TensorDict:
+    def imagine(self, action_sequences, seed: int | None = None, pixels: bool = True) -> TensorDict:
         """Roll N candidate action sequences from the current state in the true world: ``DeepVerse-v0``'s
         ``imagine`` with exact frames (a planner's oracle model).
 
         Args:
             action_sequences: (N, L) integer action ids.
             seed: not used (the simulator is deterministic); there for the planner interface.
+            pixels: False skips the ray-cast: ``pose``, ``intrinsics`` and ``blocked`` alone (``DeepVerse-v0``'s
+                pose-only imagination).
         Returns:
             TensorDict (N, L): ``rgb``, ``depth``, ``pose``, ``intrinsics`` after each step, ``action``,
             ``reward`` and ``terminated`` from the hooks. The env itself is left as it was.
@@ -303,12 +305,23 @@ class DeepVerseSimEnv(gym.Env):
         if self._state is None:
             raise gym.error.ResetNeeded("call reset() before imagine()")
         a = check_action_sequences(action_sequences, len(self.actions))
+        if not isinstance(pixels, (bool, np.bool_)):
+            raise ValueError(f"pixels must be True or False, got {pixels!r}")
         N, L = a.shape
         states = np.empty((N, L, 4))  # the agent state after each step of each sequence
+        blocked = np.zeros((N, L), dtype=bool)
         for n in range(N):
             state = self._state
             for t in range(L):
-                state = states[n, t] = self._chunk(state, self.actions[a[n, t]])[0][-1]
+                chunk, blocked[n, t] = self._chunk(state, self.actions[a[n, t]])
+                state = states[n, t] = chunk[-1]
+        if not pixels:
+            pose = torch.from_numpy(agent.relative_pose(self._start, states).astype(np.float32))  # (N, L, 4, 4)
+            K = self.K.expand(N, L, 3, 3)
+            frames = TensorDict({"pose": pose, "intrinsics": K, "blocked": torch.from_numpy(blocked)}, [N, L])
+            td = self._td.expand(N).clone()
+            return self.hooks.rollout(td.select(*(k for k in td.keys() if k not in ("rgb", "depth"))),
+                                      torch.from_numpy(a).long(), frames)
         frames = frames_state(self._frames(states.reshape(N * L, 4)), N * L).reshape(N, L)  # one ray-cast call
         return self.hooks.rollout(self._td.expand(N).clone(), torch.from_numpy(a).long(), frames)
 
