@@ -36,7 +36,7 @@ from deepverse_env.export import VideoWriter
 from deepverse_env.learned.env import DeepVerseEnv
 from deepverse_env.learned.world import load_model, require_depth
 from deepverse_env.sim.env import DeepVerseSimEnv
-from world_model.metrics import copy_last_frame, frame_metrics
+from world_model.metrics import blocked_scores, copy_last_frame, frame_metrics
 
 # Out and back: walk 1.9 m, turn 180 degrees (15 x 12), walk back, turn to face the start's view again.
 TOUR = ("forward",) * 6 + ("turn_left",) * 15 + ("forward",) * 6 + ("turn_left",) * 15
@@ -194,6 +194,8 @@ def run_demo(
                 pred = {k: torch.from_numpy(info["frames"][k]) for k in COMPARED}
                 true = {k: torch.from_numpy(truth["frames"][k]) for k in COMPARED}
                 record["blocked"] = bool(truth["blocked"])
+                if "blocked" in info:  # the motion model's verdict (M19)
+                    record["blocked_model"] = bool(info["blocked"])
                 record["model"] = _mean(frame_metrics(pred, true))
                 record["copy_last_frame"] = _mean(frame_metrics(held, true))
             per_step.append(record)
@@ -215,6 +217,8 @@ def run_demo(
             name: {k: round(float(np.mean([r[name][k] for r in per_step])), 4) for k in per_step[0][name]}
             for name in ("model", "copy_last_frame")
         }
+        if per_step and "blocked_model" in per_step[0]:  # the motion model's blocked steps against the simulator's
+            metrics["blocked"] = blocked_scores(*([r[k] for r in per_step] for k in ("blocked_model", "blocked")))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     seconds = time.perf_counter() - t0
     env.close()

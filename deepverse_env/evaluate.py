@@ -160,10 +160,7 @@ def blocked_scores(run: dict) -> dict | None:
     model), and how many steps each blocked."""
     if "blocked" not in run:
         return None
-    pred, true = run["blocked"]
-    tp = int((pred & true).sum())
-    return {"precision": round(tp / max(int(pred.sum()), 1), 4), "recall": round(tp / max(int(true.sum()), 1), 4),
-            "blocked_model": int(pred.sum()), "blocked_sim": int(true.sum()), "steps": int(true.numel())}
+    return M.blocked_scores(*run["blocked"])
 
 
 WALL_STEPS = 8  # the wall suite presses forward this often from each 4D start

@@ -61,6 +61,18 @@ def test_demo_end_to_end(checkpoint, tmp_path, capsys):
     assert metrics["mean"] == summary["mean"]
 
 
+def test_demo_of_a_motion_model_scores_its_blocked_steps(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = DeepVerse(tiny_config(motion=True, sampler=dict(steps=1), motion_overrides={"points": 128, "neighbours": 16}))
+    checkpoint = model.save_pretrained(tmp_path / "motion")
+    run(capsys, "demo", "--checkpoint", checkpoint, "--out", tmp_path / "demo", "--steps", 3, "--no-progress")
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert all(isinstance(r["blocked_model"], bool) for r in metrics["per_step"])
+    b = metrics["blocked"]
+    assert b["steps"] == 3 and b["blocked_model"] == sum(r["blocked_model"] for r in metrics["per_step"])
+    assert b["blocked_sim"] == sum(r["blocked"] for r in metrics["per_step"]) and 0 <= b["recall"] <= 1
+
+
 def test_demo_from_an_image_with_an_action_script(checkpoint, tmp_path, capsys):
     picture = tmp_path / "photo.png"
     imageio.imwrite(picture, np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8))

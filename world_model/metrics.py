@@ -10,6 +10,7 @@ cameras: the best a model that knew the motion but not the unseen content could 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -205,6 +206,15 @@ def exact_camera_cache(
         i, j = torch.from_numpy(i).to(rgb.device), torch.from_numpy(j).to(rgb.device)
         out_rgb[b, t], out_depth[b, t] = out_rgb[b, t][i, j], out_depth[b, t][i, j]
     return out_rgb, out_depth
+
+
+def blocked_scores(pred, true) -> dict:
+    """Precision and recall of predicted blocked moves against the true ones (bool arrays or tensors of one shape),
+    and how many each side blocked of how many moves."""
+    pred, true = (torch.as_tensor(np.asarray(x), dtype=torch.bool) for x in (pred, true))
+    tp = int((pred & true).sum())
+    return {"precision": round(tp / max(int(pred.sum()), 1), 4), "recall": round(tp / max(int(true.sum()), 1), 4),
+            "blocked_model": int(pred.sum()), "blocked_sim": int(true.sum()), "steps": int(true.numel())}
 
 
 # --------------------------------------------------------------------------------------------------
