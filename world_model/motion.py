@@ -72,14 +72,29 @@ class MotionConfig:
             raise ValueError(f"MotionConfig.init_tilt_limit_deg must be in (0, 90), got {self.init_tilt_limit_deg!r}")
 
 
-def nearby_points(xyz: Tensor, seen: Tensor, state: Tensor, n: int) -> tuple[Tensor, Tensor]:
+def nearby_points(
+    xyz: Tensor, seen: Tensor, state: Tensor, n: int, world: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The ``n`` of world points ``xyz`` (B, P, 3) where ``seen`` (B, P) nearest to a body (B, 5) on the floor plan,
-    in its level frame (x right, y down from the camera, z forward): points (B, n, 3), mask (B, n) bool."""
-    local = Bd.to_body(xyz.float(), state.float())  # (B, P, 3)
-    dist = torch.where(seen, local[..., [0, 2]].norm(dim=-1), math.inf)  # (B, P)
-    n = min(n, dist.shape[1])
-    near, idx = dist.topk(n, dim=1, largest=False)  # (B, n)
-    return local.gather(1, idx[..., None].expand(-1, -1, 3)), near.isfinite()
+    in its level frame (x right, y down from the camera, z forward): points (B, n, 3), mask (B, n) bool.
+
+    ``world`` (B,): body b reads the points of world ``world[b]`` of ``xyz`` (U, P, 3), so many bodies share one
+    world's points without a copy each (pose-only imagination). The floor-plan distance needs no rotation: only the
+    ``n`` chosen points are turned into the body frame.
+    """
+    state = state.float()
+    if world is None:
+        world = torch.arange(len(state), device=state.device)
+    n = min(n, xyz.shape[1])
+    idx = torch.empty(len(state), n, dtype=torch.long, device=state.device)
+    near = torch.empty(len(state), n, device=state.device)
+    for u in world.unique().tolist():  # (m,) bodies of world u against its P points
+        bodies = (world == u).nonzero()[:, 0]
+        d = xyz[u, None, :, [0, 2]].float() - state[bodies][:, None, [0, 2]]  # (m, P, 2)
+        dist = torch.where(seen[u], d.square().sum(-1), math.inf)  # (m, P) squared: the same order
+        near[bodies], idx[bodies] = dist.topk(n, dim=1, largest=False)
+    chosen = xyz[world[:, None], idx].float()  # (B, n, 3)
+    return Bd.to_body(chosen, state), near.isfinite()
 
 
 def depth_points(depth: Tensor, K: Tensor, c2w: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

@@ -505,13 +505,12 @@ class Rollout:
         if commands.ndim != 3 or commands.shape[::2] != (len(rows), 5) or not bool(commands.isfinite().all()):
             raise ValueError(f"commands must be a finite ({len(rows)}, L, 5) tensor, got shape {tuple(commands.shape)}")
         unique, inverse = rows.unique(return_inverse=True)
-        xyz, seen = self.world_points(unique)  # per world, shared by its candidates
-        xyz, seen = xyz[inverse], seen[inverse]
+        xyz, seen = self.world_points(unique)  # (U, P, 3) per world, shared by its candidates (inverse: (M,))
         motion, M, L = self.model.motion, len(rows), commands.shape[1]
         state = body_state(self.frames["pose"][rows, self._frame_count()[rows] - 1])  # (M, 5) episode frame
         poses, blocked = [], []
         for t in range(L):
-            points, mask = nearby_points(xyz, seen, state, motion.config.points)
+            points, mask = nearby_points(xyz, seen, state, motion.config.points, world=inverse)
             out = motion(points, mask, commands[:, t], relative(state, state), self.tf)
             state = absolute(out["state"][:, -1], state)
             poses.append(body_pose(state))
