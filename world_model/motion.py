@@ -83,17 +83,23 @@ def nearby_points(
     ``n`` chosen points are turned into the body frame.
     """
     state = state.float()
-    if world is None:
-        world = torch.arange(len(state), device=state.device)
     n = min(n, xyz.shape[1])
-    idx = torch.empty(len(state), n, dtype=torch.long, device=state.device)
-    near = torch.empty(len(state), n, device=state.device)
-    for u in world.unique().tolist():  # (m,) bodies of world u against its P points
-        bodies = (world == u).nonzero()[:, 0]
-        d = xyz[u, None, :, [0, 2]].float() - state[bodies][:, None, [0, 2]]  # (m, P, 2)
-        dist = torch.where(seen[u], d.square().sum(-1), math.inf)  # (m, P) squared: the same order
-        near[bodies], idx[bodies] = dist.topk(n, dim=1, largest=False)
-    chosen = xyz[world[:, None], idx].float()  # (B, n, 3)
+
+    def nearest(xyz_w: Tensor, seen_w: Tensor, bodies: Tensor) -> tuple[Tensor, Tensor]:  # (m | 1, P, 3), (m, 5)
+        d = xyz_w[..., [0, 2]].float() - bodies[:, None, [0, 2]]  # (m, P, 2)
+        dist = torch.where(seen_w, d.square().sum(-1), math.inf)  # (m, P) squared: the same order
+        return dist.topk(n, dim=1, largest=False)  # (m, n) each
+
+    if world is None:
+        near, idx = nearest(xyz, seen, state)
+        chosen = xyz.gather(1, idx[..., None].expand(-1, -1, 3)).float()  # (B, n, 3)
+    else:
+        idx = torch.empty(len(state), n, dtype=torch.long, device=state.device)
+        near = torch.empty(len(state), n, device=state.device)
+        for u in world.unique().tolist():  # the bodies of world u against its P points
+            bodies = (world == u).nonzero()[:, 0]
+            near[bodies], idx[bodies] = nearest(xyz[u, None], seen[u, None], state[bodies])
+        chosen = xyz[world[:, None], idx].float()  # (B, n, 3)
     return Bd.to_body(chosen, state), near.isfinite()
 
 
@@ -207,8 +213,8 @@ class MotionModel(nn.Module):
         free = ~blocked
         motion_loss = (err[..., :2].sum(-1) * free).sum() / free.sum().clamp_min(1) + err[..., 2:].sum(-1).mean()
         # frames whose move could be blocked by something seen (nothing seen: -inf, never blocked, nothing to learn)
-        logit = out["blocked_logit"][out["blocked_logit"].isfinite()]
         moves = out["blocked_logit"].isfinite()
+        logit = out["blocked_logit"][moves]
         bce = F.binary_cross_entropy_with_logits(logit, blocked[moves].float()) if logit.numel() else logit.sum()
         loss = motion_loss + bce
         return loss, {"loss": loss.detach(), "motion": motion_loss.detach(), "bce": bce.detach(),

@@ -437,8 +437,8 @@ class LearnedWorld:
         ids_t = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=self.device)
         frames = rollout.imagine_poses(rows, self.commands[ids_t])
         try:
-            return self.hooks.rollout(td[rows].select(*(k for k in td.keys() if k not in self.keys or k in frames.keys())),
-                                      ids_t, frames)
+            kept = td.select(*(k for k in td.keys() if k not in self.keys or k in frames.keys()))  # no rgb/depth copies
+            return self.hooks.rollout(kept[rows], ids_t, frames)
         except (KeyError, ValueError) as e:  # a hook reading rgb/depth: KeyError, or next_depth's ValueError
             raise ValueError(f"pose-only imagination (pixels=False) makes only {sorted(frames.keys())} of the imagined "
                              f"frames, and the reward or termination hooks need more: {e}") from None

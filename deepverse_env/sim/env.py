@@ -319,9 +319,8 @@ class DeepVerseSimEnv(gym.Env):
             pose = torch.from_numpy(agent.relative_pose(self._start, states).astype(np.float32))  # (N, L, 4, 4)
             K = self.K.expand(N, L, 3, 3)
             frames = TensorDict({"pose": pose, "intrinsics": K, "blocked": torch.from_numpy(blocked)}, [N, L])
-            td = self._td.expand(N).clone()
-            return self.hooks.rollout(td.select(*(k for k in td.keys() if k not in ("rgb", "depth"))),
-                                      torch.from_numpy(a).long(), frames)
+            kept = self._td.select(*(k for k in self._td.keys() if k not in ("rgb", "depth")))  # no pixel copies
+            return self.hooks.rollout(kept.expand(N).clone(), torch.from_numpy(a).long(), frames)
         frames = frames_state(self._frames(states.reshape(N * L, 4)), N * L).reshape(N, L)  # one ray-cast call
         return self.hooks.rollout(self._td.expand(N).clone(), torch.from_numpy(a).long(), frames)
 
