@@ -93,7 +93,8 @@ def test_bench_env_times_pose_only_imagination_beside_the_simulators(tmp_path, c
     result = run(capsys, "bench", "env", "--checkpoint", checkpoint, "--num-envs", 2, "--steps", 2, "--dtypes", "float32",
                  "--pose-only", 8, 3, "--out", tmp_path / "b.json")
     pose = result["dtypes"]["float32"]["pose_only"]
-    assert pose["candidates"] == 8 and pose["steps"] == 3 and pose["candidate_steps_per_s"] > 0
+    assert pose["candidates"] == 8 and pose["steps"] == 3 and pose["candidate_steps_per_s"] == pose["at_reset"]["candidate_steps_per_s"] > 0
+    assert pose["after_12_steps"]["candidate_steps_per_s"] > 0
     assert result["pose_only"] == pose and result["sim_pose_only_candidate_steps_per_s"] > 0
 
 

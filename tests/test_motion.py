@@ -11,7 +11,9 @@ from tests.conftest import tiny_config
 from world_model import body as Bd
 from world_model.lit_module import MotionModule
 from world_model.model import DeepVerse, DeepVerseConfig
-from world_model.motion import MotionConfig, MotionModel, blocked_frames, chunk_errors, depth_points, nearby_points
+from world_model.motion import (
+    MotionConfig, MotionModel, SharedPoints, blocked_frames, chunk_errors, depth_points, nearby_points,
+)
 from world_model.motion_data import MotionChunks
 from world_model.rollout import Rollout, RolloutConfig
 from world_model.text import SENTENCES
@@ -102,6 +104,29 @@ def test_nearby_points_keep_the_nearest_seen_points_in_the_body_frame():
     points, mask = nearby_points(xyz, seen, turned, 20)
     assert mask.sum() == 15 and points.shape == (1, 16, 3)
     assert torch.allclose(points[0, mask[0], 0], torch.full((15,), 2.0))  # z-depth 2 ahead = 2 m to the right
+
+
+def test_shared_points_give_each_body_exactly_the_nearest_points_of_its_world():
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.randn(2, 3000, 3, generator=g) * 4  # two worlds
+    seen = torch.rand(2, 3000, generator=g) < 0.7
+    seen[1, 40:] = False  # world 1 has seen fewer points than most
+    centre = torch.zeros(2, 5)
+    shared = SharedPoints(xyz, seen, centre, n=16)
+    assert [keep for keep, _ in shared.levels] == [32, 128, 512, 2048, shared.xyz.shape[1]]
+    world = torch.tensor([0, 0, 0, 0, 1, 1])
+    state = torch.zeros(6, 5)
+    state[:, 0] = torch.tensor([0.0, 0.3, 2.0, 9.0, 0.5, 6.0])  # near the centre, out of the first levels, out of all
+    state[:, 3] = torch.tensor([0.0, 1.0, -2.0, 0.5, 3.0, 0.0])  # headings
+    points, mask = shared.nearby(state, world)
+    want, want_mask = nearby_points(xyz[world], seen[world], state, 16)
+    assert torch.equal(mask.sum(1), want_mask.sum(1)) and want_mask[4:].sum() == 2 * 16
+
+    def as_set(p, m):  # rows sorted by their first coordinate: the same points in any order
+        p = torch.where(m[..., None], p, math.inf)
+        return p.gather(1, p[..., :1].argsort(1).expand(-1, -1, 3))
+
+    assert torch.allclose(as_set(points, mask), as_set(want, want_mask))
 
 
 def test_config_and_module_refuse_bad_settings(tmp_path):

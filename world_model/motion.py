@@ -18,7 +18,7 @@ new heading. What is learned, from the measured poses and blocked frames of epis
 
 Points come from every given depth frame, unprojected and moved into the level frame of the current body
 (``nearby_points``): the ``points`` nearest to the body on the floor plan are kept. Rollouts hand it the window's
-decoded frames; pose-only imagination the 3D cache rendered into the camera.
+decoded frames and the 3D cache; pose-only imagination the same, shared by its candidates (``SharedPoints``).
 
     model = MotionModel(MotionConfig())
     points, mask = nearby_points(*depth_points(depth, K, c2w, valid), state, model.config.points)  # (B, N, 3), (B, N)
@@ -72,35 +72,72 @@ class MotionConfig:
             raise ValueError(f"MotionConfig.init_tilt_limit_deg must be in (0, 90), got {self.init_tilt_limit_deg!r}")
 
 
-def nearby_points(
-    xyz: Tensor, seen: Tensor, state: Tensor, n: int, world: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def _floor_distance(xyz: Tensor, seen: Tensor, bodies: Tensor) -> Tensor:
+    """Squared floor-plan distances (m, P) of points ``xyz`` (m | 1, P, 3) from bodies (m, 5); inf where not ``seen``."""
+    x, z = xyz[..., 0].float(), xyz[..., 2].float()  # (m | 1, P) each: two planes, no (m, P, 2) temporaries
+    return torch.where(seen, (x - bodies[:, 0, None]).square() + (z - bodies[:, 2, None]).square(), math.inf)
+
+
+def nearby_points(xyz: Tensor, seen: Tensor, state: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The ``n`` of world points ``xyz`` (B, P, 3) where ``seen`` (B, P) nearest to a body (B, 5) on the floor plan,
     in its level frame (x right, y down from the camera, z forward): points (B, n, 3), mask (B, n) bool.
-
-    ``world`` (B,): body b reads the points of world ``world[b]`` of ``xyz`` (U, P, 3), so many bodies share one
-    world's points without a copy each (pose-only imagination). The floor-plan distance needs no rotation: only the
-    ``n`` chosen points are turned into the body frame.
-    """
+    The floor-plan distance needs no rotation: only the ``n`` chosen points are turned into the body frame."""
     state = state.float()
-    n = min(n, xyz.shape[1])
-
-    def nearest(xyz_w: Tensor, seen_w: Tensor, bodies: Tensor) -> tuple[Tensor, Tensor]:  # (m | 1, P, 3), (m, 5)
-        d = xyz_w[..., [0, 2]].float() - bodies[:, None, [0, 2]]  # (m, P, 2)
-        dist = torch.where(seen_w, d.square().sum(-1), math.inf)  # (m, P) squared: the same order
-        return dist.topk(n, dim=1, largest=False)  # (m, n) each
-
-    if world is None:
-        near, idx = nearest(xyz, seen, state)
-        chosen = xyz.gather(1, idx[..., None].expand(-1, -1, 3)).float()  # (B, n, 3)
-    else:
-        idx = torch.empty(len(state), n, dtype=torch.long, device=state.device)
-        near = torch.empty(len(state), n, device=state.device)
-        for u in world.unique().tolist():  # the bodies of world u against its P points
-            bodies = (world == u).nonzero()[:, 0]
-            near[bodies], idx[bodies] = nearest(xyz[u, None], seen[u, None], state[bodies])
-        chosen = xyz[world[:, None], idx].float()  # (B, n, 3)
+    near, idx = _floor_distance(xyz, seen, state).topk(min(n, xyz.shape[1]), dim=1, largest=False)  # (B, n) each
+    chosen = xyz.gather(1, idx[..., None].expand(-1, -1, 3)).float()  # (B, n, 3)
     return Bd.to_body(chosen, state), near.isfinite()
+
+
+class SharedPoints:
+    """The seen points of U worlds read by many bodies each (pose-only imagination): ``nearby(state, world)`` is
+    ``nearby_points`` of body b against the points of world ``world[b]``, without a copy of them per body.
+
+    Unseen points are dropped once, here, and each world's seen points are ranked once by their distance from a
+    centre (the bodies' start). Level k keeps the ``n * 4**k`` nearest of them: the distance ``radius`` of the last one
+    kept bounds every point left out, so a body ``r`` from the centre whose ``n``-th nearest kept point lies within
+    ``radius - r`` has exactly the ``n`` nearest points of all (ties aside). Each body is ranked against the smallest
+    level that proves this, and the bodies that walk out of every level against all of their world's seen points.
+
+        shared = SharedPoints(xyz, seen, centre, n=1024)  # xyz (U, P, 3), seen (U, P), centre (U, 5)
+        points, mask = shared.nearby(state, world)        # state (B, 5), world (B,) -> (B, n, 3), (B, n)
+    """
+
+    def __init__(self, xyz: Tensor, seen: Tensor, centre: Tensor, n: int):
+        centre = centre.float()
+        count = seen.sum(1)  # (U,)
+        size = max(int(count.max()), 1)  # every seen point of the world that has most
+        near, idx = _floor_distance(xyz, seen, centre).topk(size, dim=1, largest=False)  # (U, size) nearest first
+        self.xyz = xyz.gather(1, idx[..., None].expand(-1, -1, 3)).float()  # (U, size, 3)
+        self.seen = near.isfinite()  # (U, size)
+        self.n = min(n, size)
+        self.centre = centre[:, [0, 2]]  # (U, 2)
+        self.levels = []  # (points kept, radius (U,)): the first `keep` points of every world
+        keep = 2 * self.n
+        while keep < size:
+            self.levels.append((keep, torch.where(count > keep, near[:, keep - 1].sqrt(), math.inf)))
+            keep *= 4
+        self.levels.append((size, torch.full_like(centre[:, 0], math.inf)))
+
+    def nearby(self, state: Tensor, world: Tensor) -> tuple[Tensor, Tensor]:
+        """``nearby_points`` of bodies ``state`` (B, 5) in worlds ``world`` (B,): points (B, n, 3), mask (B, n)."""
+        state = state.float()
+        near = torch.empty(len(state), self.n, device=state.device)
+        chosen = torch.empty(len(state), self.n, 3, device=state.device)
+        out = (state[:, [0, 2]] - self.centre[world]).norm(dim=-1)  # (B,) how far each body is from its centre
+        left = torch.ones(len(state), dtype=torch.bool, device=state.device)  # bodies not yet ranked
+        for keep, radius in self.levels:
+            xyz, seen = self.xyz[:, :keep], self.seen[:, :keep]
+            for u in world[left].unique().tolist():  # the bodies of world u against its first `keep` points
+                bodies = (left & (world == u)).nonzero()[:, 0]
+                d, idx = _floor_distance(xyz[u, None], seen[u, None], state[bodies]).topk(
+                    self.n, dim=1, largest=False, sorted=False)  # a set: the motion model ranks its own
+                proven = d.amax(1).sqrt() <= radius[u] - out[bodies]  # no point left out can be nearer
+                done = bodies[proven]
+                near[done], chosen[done] = d[proven], xyz[u, idx[proven]]
+                left[done] = False
+            if not left.any():
+                break
+        return Bd.to_body(chosen, state), near.isfinite()
 
 
 def depth_points(depth: Tensor, K: Tensor, c2w: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,8 +186,8 @@ class MotionModel(nn.Module):
         yaw = Bd.wrap(state[:, 3] + motion[:, 2])
         right, forward = Bd.heading(yaw)  # (B, 2)
         end = state[:, [0, 2]] + motion[:, :1] * right + motion[:, 1:2] * forward  # (B, 2) where the move ends
-        d = points[..., [0, 2]] - end[:, None]  # (B, N, 2)
-        rel = torch.stack([(d * right[:, None]).sum(-1), (d * forward[:, None]).sum(-1)], -1)  # the new heading's frame
+        dx, dz = points[..., 0] - end[:, :1], points[..., 2] - end[:, 1:]  # (B, N) each
+        rel = torch.stack([dx * right[:, :1] + dz * right[:, 1:], dx * forward[:, :1] + dz * forward[:, 1:]], -1)  # (B, N, 2) new heading's frame
         c = self.config
         body = (points[..., 1] < c.eye_height - c.floor_margin) & (points[..., 1] > -c.headroom)  # not floor or ceiling
         dist = torch.where(mask & body, rel.norm(dim=-1), math.inf)
@@ -187,7 +224,11 @@ class MotionModel(nn.Module):
         for j in range(frames):
             s = states[-1] if truth is None else truth[:, j]
             m = self.free_motion(command, s[:, 4])
-            logit = self.blocked_logit(points, mask, s, m).masked_fill(~moves, -math.inf)
+            logit = torch.full_like(m[:, 0], -math.inf)  # (B,) only a move can be blocked: the others are not scored
+            if moves.all():
+                logit = self.blocked_logit(points, mask, s, m)
+            elif moves.any():
+                logit[moves] = self.blocked_logit(points[moves], mask[moves], s[moves], m[moves])
             applied = m.clone()
             applied[:, :2] = torch.where((logit > 0)[:, None], 0.0, m[:, :2])
             free.append(m)

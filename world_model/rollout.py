@@ -58,7 +58,7 @@ from world_model.codec import DecoderStream
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig, MemoryPool
 from world_model.model import DeepVerse
-from world_model.motion import depth_points, nearby_points
+from world_model.motion import SharedPoints, depth_points, nearby_points
 from world_model.refine import refine_frames
 from world_model.splat import splat
 from world_model.state import normalize_frames, to_frames
@@ -505,12 +505,13 @@ class Rollout:
         if commands.ndim != 3 or commands.shape[::2] != (len(rows), 5) or not bool(commands.isfinite().all()):
             raise ValueError(f"commands must be a finite ({len(rows)}, L, 5) tensor, got shape {tuple(commands.shape)}")
         unique, inverse = rows.unique(return_inverse=True)
-        xyz, seen = self.world_points(unique)  # (U, P, 3) per world, shared by its candidates (inverse: (M,))
         motion, M, L = self.model.motion, len(rows), commands.shape[1]
-        state = body_state(self.frames["pose"][rows, self._frame_count()[rows] - 1])  # (M, 5) episode frame
+        start = body_state(self.frames["pose"][unique, self._frame_count()[unique] - 1])  # (U, 5) episode frame
+        shared = SharedPoints(*self.world_points(unique), start, motion.config.points)  # shared by its candidates
+        state = start[inverse]  # (M, 5)
         poses, blocked = [], []
         for t in range(L):
-            points, mask = nearby_points(xyz, seen, state, motion.config.points, world=inverse)
+            points, mask = shared.nearby(state, inverse)
             out = motion(points, mask, commands[:, t], relative(state, state), self.tf)
             state = absolute(out["state"][:, -1], state)
             poses.append(body_pose(state))
