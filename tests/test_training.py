@@ -1,7 +1,9 @@
 """The Lightning training stack: both stages fit, resume after a kill, export, schedule, DDP on CPU, configs."""
 import copy
 import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ from safetensors.torch import save_file
 from conftest import perturb_zero_init, tiny_config
 from deepverse_env.collect import collect
 from world_model.cli import LastCheckpoint, cli_main
+from world_model.resume import RandomState
 from world_model.datamodule import DeepVerseDataModule
 from world_model.lit_module import (
     CodecModule,
@@ -54,7 +57,7 @@ def trainer(root: Path, max_steps: int, *callbacks: Callback, **settings) -> L.T
     return L.Trainer(
         default_root_dir=root, max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
         callbacks=list(callbacks), enable_checkpointing=bool(callbacks), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1, val_check_interval=2, **settings,
+        enable_model_summary=False, **{"num_sanity_val_steps": 0, "limit_val_batches": 1, "val_check_interval": 2, **settings},
     )
 
 
@@ -315,6 +318,40 @@ def test_kill_and_resume_continues_step_optimizer_schedule_and_ema(data_dir, tmp
     assert fit.lr_scheduler_configs[0].scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 0.1)
 
 
+class Batches(Callback):
+    """Records a fingerprint of every training batch and the loss by step."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.seen[trainer.global_step] = (float(batch["rgb"].float().sum()), float(loss))
+
+
+def test_a_resumed_run_is_the_uninterrupted_run(data_dir, tmp_path):
+    """Killed mid-epoch and resumed, a run takes the same batches in the same order, draws the same noise and
+    ends with the same weights as the run that was never stopped (bit for bit on one CPU)."""
+    def fit(root, *callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        module = WorldModelModule(model=tiny_config(), lr=1e-3, warmup_fraction=0.25, eval_sampler={"steps": 1})
+        batches = Batches()
+        t = trainer(root, 9, RandomState(), batches, *callbacks, num_sanity_val_steps=1)
+        t.fit(module, datamodule=datamodule(data_dir, batch_size=1), ckpt_path=ckpt_path)
+        return module, batches.seen, t
+
+    full, seen, t = fit(tmp_path / "full")
+    per_epoch = t.num_training_batches
+    assert 2 < per_epoch < 9 and 5 % per_epoch  # the kill below lands mid-epoch, and the run crosses epochs
+    with pytest.raises(Killed):
+        fit(tmp_path / "cut", KillAt(5), last_checkpoint(tmp_path / "cut"))
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 4 and saved["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches"] == 4 % per_epoch
+    resumed, after, _ = fit(tmp_path / "cut", last_checkpoint(tmp_path / "cut"), ckpt_path="last")
+    assert sorted(after) == list(range(5, 10)) and all(after[k] == seen[k] for k in after)  # same batches, same losses
+    assert same(resumed, full)
+
+
 def test_lr_schedule_warms_up_then_decays():
     lrs = [warmup_cosine(s, total=1000, warmup=10, min_ratio=0.1) for s in range(1100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
@@ -409,6 +446,41 @@ def test_cli_fit_resume_and_export(data_dir, tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             cli(monkeypatch, "export", "--ckpt", str(ckpt), "--out", str(tmp_path / "bad"), "--refiner", str(bad))
         assert message in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cli_resume_carries_a_run_across_fresh_clones(data_dir, tmp_path, monkeypatch, capsys):
+    import world_model.resume as R
+
+    monkeypatch.setattr(R, "PART_BYTES", 2**20)  # several parts
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "--config", str(REPO / "configs" / "tiny.yaml"), "--config", str(overlay(tmp_path, data_dir))]
+    cli(monkeypatch, *base, "--resume", "long")
+    folder = tmp_path / "checkpoints" / "long"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["step"] == 2 and len(manifest["parts"]) > 1
+    assert all((folder / p["name"]).stat().st_size <= 2**20 for p in manifest["parts"])
+    assert torch.load(tmp_path / "runs" / "long" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    shutil.rmtree(tmp_path / "runs")  # the next session: a fresh clone holds only what was committed
+    cli(monkeypatch, *base, "--resume", "long", "--trainer.max_steps", "9", "--session.minutes", "1e-6")  # one step
+    assert "resuming long from checkpoints/long (step 2)" in capsys.readouterr().err
+    assert json.loads((folder / "manifest.json").read_text())["step"] == 3
+    assert torch.load(tmp_path / "runs" / "long" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+    for bad, message in ((["--resume", "long", "--ckpt_path", "last"], "do not give --ckpt_path with it"),
+                         (["--resume", "../x"], "needs a run name"), (["--resume"], "needs a run name")):
+        with pytest.raises(SystemExit, match=message):
+            cli(monkeypatch, *base, *bad)
+    with pytest.raises(ValueError, match="minutes must be a number > 0"):
+        cli(monkeypatch, *base, "--resume", "long", "--session.minutes", "0")
+    before = (folder / "manifest.json").read_text()
+    part = folder / manifest["parts"][0]["name"]
+    part.write_bytes(b"x" + part.read_bytes()[1:])  # one byte changed: the checksum catches it
+    shutil.rmtree(tmp_path / "runs")
+    with pytest.raises(SystemExit, match="do not add up to the checkpoint"):
+        cli(monkeypatch, *base, "--resume", "long")
+    assert not (tmp_path / "runs" / "long" / "checkpoints" / "last.ckpt").exists() and (folder / "manifest.json").read_text() == before
+    with pytest.raises(ValueError, match="holds no committed run"):
+        R.restore_run(tmp_path / "nothing", tmp_path / "x.ckpt")
 
 
 @pytest.mark.parametrize(

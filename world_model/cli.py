@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -33,6 +34,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from world_model.datamodule import DeepVerseDataModule
 from world_model.flow import SamplerConfig
 from world_model.lit_module import TrainingModule, export_pretrained
+from world_model.resume import RandomState, StopAfter, commit_checkpoint, restore_run
 
 STORED_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # export --dtype
 EXPORT_HELP = (
@@ -47,7 +49,20 @@ class LastCheckpoint(ModelCheckpoint):
     Lightning's ``ModelCheckpoint`` writes at most once per step, before that step's validation, and at the
     end only if it never saved: resuming would lose the validation's best-checkpoint bookkeeping, or the
     steps since the last scheduled save.
+
+    Args:
+        commit_to: a folder that is committed to the repository (``--resume NAME`` sets ``checkpoints/NAME``): every
+            ``last.ckpt`` written is mirrored there in parts (``world_model.resume.commit_checkpoint``).
     """
+
+    def __init__(self, *args, commit_to: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commit_to = commit_to
+
+    def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.commit_to and self.last_model_path and trainer.is_global_zero and os.path.isfile(self.last_model_path):
+            commit_checkpoint(self.last_model_path, self.commit_to, step=trainer.global_step)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._last_global_step_saved == trainer.global_step:  # saved just before this validation
@@ -98,6 +113,8 @@ class DeepVerseCLI(LightningCLI):
                 "checkpoint.train_time_interval": timedelta(minutes=10),
             }
         )
+        parser.add_lightning_class_args(RandomState, "random_state")  # exact resumes: the noise goes on where it was
+        parser.add_lightning_class_args(StopAfter, "session")  # --session.minutes M: one piece of a longer run
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         # One run directory: resuming with --ckpt_path last finds checkpoints/last.ckpt there.
@@ -151,12 +168,56 @@ def export_main(argv: list[str]) -> None:
         parser.error(str(e))
 
 
+RESUME_HELP = (
+    "`deepverse-train fit --config ... --resume NAME`: a run carried across sessions. It trains in runs/NAME and "
+    "mirrors every last.ckpt into checkpoints/NAME/ (parts under 30 MB and a manifest: commit that folder); the same "
+    "command later, on any machine, puts it back together and resumes it where it stopped (step, learning rate, "
+    "optimizer, EMA, data order, random state)."
+)
+
+
+def resume_args(argv: list[str], committed: str = "checkpoints", runs: str = "runs") -> list[str]:
+    """The LightningCLI arguments of ``fit ... --resume NAME`` (``RESUME_HELP``); others are returned as given.
+
+    If ``committed/NAME`` holds a committed run, it is restored into ``runs/NAME/checkpoints/last.ckpt`` (unless
+    the run directory already holds that step or a later one) and the fit resumes from it."""
+    at = [i for i, a in enumerate(argv) if a == "--resume" or a.startswith("--resume=")]
+    if not at:
+        return argv
+    i = at[0]
+    name = argv[i].partition("=")[2] if "=" in argv[i] else (argv[i + 1] if i + 1 < len(argv) else "")
+    rest = argv[:i] + argv[i + (1 if "=" in argv[i] else 2):]
+    if len(at) > 1 or argv[:1] != ["fit"]:
+        raise ValueError("--resume NAME is given once, to `deepverse-train fit`")
+    if not name or name.startswith("-") or not all(c.isalnum() or c in "_-." for c in name) or name.startswith("."):
+        raise ValueError(f"--resume needs a run name of letters, digits, '_', '-' or '.', got {name!r}")
+    clashes = [a for a in rest if a.split("=")[0] in ("--ckpt_path", "--trainer.default_root_dir", "--checkpoint.commit_to")]
+    if clashes:
+        raise ValueError(f"--resume {name} sets the run directory and checkpoint itself; do not give {clashes[0].split('=')[0]} with it")
+    folder, root = os.path.join(committed, name), os.path.join(runs, name)
+    extra = ["--trainer.default_root_dir", root, "--checkpoint.commit_to", folder]
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        last = os.path.join(_checkpoint_dir(root), "last.ckpt")
+        step = json.loads(open(os.path.join(folder, "manifest.json")).read()).get("step")
+        local = torch.load(last, map_location="cpu", weights_only=True)["global_step"] if os.path.exists(last) else -1
+        if step is None or local < step:
+            manifest = restore_run(folder, last)
+            print(f"resuming {name} from {folder} (step {manifest['step']})", file=sys.stderr)
+        extra += ["--ckpt_path", "last"]
+    return rest + extra
+
+
 def cli_main(args: list[str] | None = None) -> None:
-    """``deepverse-train {fit,validate,test,predict} ...`` (LightningCLI) or ``deepverse-train export ...``."""
+    """``deepverse-train {fit,validate,test,predict} ...`` (LightningCLI), ``deepverse-train fit ... --resume NAME``
+    (``resume_args``) or ``deepverse-train export ...``."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["export"]:
         export_main(argv[1:])
         return
+    try:
+        argv = resume_args(argv)
+    except ValueError as e:
+        sys.exit(f"deepverse-train: error: {e}")
     DeepVerseCLI(
         TrainingModule,
         DeepVerseDataModule,
@@ -165,9 +226,9 @@ def cli_main(args: list[str] | None = None) -> None:
         seed_everything_default=0,
         parser_kwargs={
             "description": "Train the DeepVerse world model (configs/). Also `deepverse-train export --ckpt CKPT "
-            f"--out DIR [--raw]` writes {EXPORT_HELP}"
+            f"--out DIR [--raw]` writes {EXPORT_HELP} Also {RESUME_HELP}"
         },
-        args=args,
+        args=argv,
     )
 
 

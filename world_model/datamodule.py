@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from world_model.episodes import ClipConfig, EpisodeClips, check_recording, episode_dir
 from world_model.motion_data import MotionChunks
+from world_model.resume import ResumableLoader
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
@@ -152,15 +153,15 @@ class DeepVerseDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        return DataLoader(
-            self.datasets[split],
+        kwargs = dict(
             batch_size=hp.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
             num_workers=hp.num_workers,
             collate_fn=EpisodeClips.collate,  # MotionChunks' is the same stack
             persistent_workers=hp.num_workers > 0,
         )
+        if shuffle:  # the train order, resumable mid-epoch from a checkpoint (world_model.resume)
+            return ResumableLoader(self.datasets[split], seed=hp.seed, **kwargs)
+        return DataLoader(self.datasets[split], shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -72,14 +72,19 @@ class MotionChunks(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> TensorDict:
+    seeded = True  # a ResumableLoader hands each index with a seed of its own: the drawn history resumes exactly
+
+    def __getitem__(self, key: int | tuple[int, int]) -> TensorDict:
+        """Chunk ``key``, or ``(index, seed)``: the random history drawn from ``seed`` instead of the global generator."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         e, s = self.index[i]
         tf, ep = self.frames_per_step, self.episodes[e]
         f0 = s * tf
         wanted = torch.tensor([f0 - k * tf for k in range(self.history + 1)])  # (1 + history,) newest first
         valid = wanted >= 0
-        if self.random_history:  # the global generator: seeded by the run, per worker by the DataLoader
-            valid &= torch.arange(len(wanted)) <= int(torch.randint(len(wanted), ()))
+        if self.random_history:
+            g = None if seed is None else torch.Generator().manual_seed(seed)
+            valid &= torch.arange(len(wanted)) <= int(torch.randint(len(wanted), (), generator=g))
         frames = ep[wanted.clamp_min(0)].to_tensordict()
         start = Bd.body_state(frames["pose"][:1])  # (1, 5)
         xyz, seen = depth_points(frames["depth"][None, ..., 0], frames["intrinsics"][None], frames["pose"][None], valid[None])
