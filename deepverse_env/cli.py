@@ -162,6 +162,13 @@ def bench_sim(args: argparse.Namespace) -> dict:
     return result
 
 
+def bench_train(args: argparse.Namespace) -> dict:
+    """Training steps/s per stage in fp32 and bf16-mixed (``deepverse_env.bench_train``)."""
+    from deepverse_env.bench_train import bench_train as run
+
+    return run(args.stages, args.steps, args.warmup)
+
+
 def bench_model(args: argparse.Namespace) -> dict:
     """The MM-DiT sampler's speed (``world_model.bench.bench_model``) for a preset."""
     from world_model.bench import bench_model as run
@@ -320,6 +327,17 @@ def add_bench(subparsers) -> None:
                      help="compute dtypes measured, each in its own run (default float32 bfloat16; the CPU decides which "
                      "is faster: see fastest_dtype); the top-level figures are the first's")
     env.set_defaults(func=bench_env)
+    train = targets.add_parser(
+        "train",
+        help="training steps/s of each stage's config (configs/tiny_codec.yaml, configs/tiny.yaml) in float32 and in "
+        "bf16 mixed precision, measured in one run, and which is faster on this CPU",
+    )
+    train.add_argument("--out", dest="json_out", type=Path, help="also write the JSON result to this file")
+    train.add_argument("--stages", nargs="+", default=["codec", "world_model"], choices=["codec", "world_model"],
+                       help="stages timed (default both)")
+    train.add_argument("--steps", type=positive_int, default=6, help="timed steps per stage and precision (default 6)")
+    train.add_argument("--warmup", type=positive_int, default=2, help="untimed steps before them (default 2)")
+    train.set_defaults(func=bench_train)
 
 
 def run_collect(args: argparse.Namespace) -> dict:

@@ -483,6 +483,18 @@ def test_cli_resume_carries_a_run_across_fresh_clones(data_dir, tmp_path, monkey
         R.restore_run(tmp_path / "nothing", tmp_path / "x.ckpt")
 
 
+def test_bench_train_times_both_precisions_of_a_stage(data_dir, tmp_path):
+    from deepverse_env.bench_train import bench_train
+
+    result = bench_train(["world_model"], steps=2, warmup=1, extra=("--config", str(overlay(tmp_path, data_dir))))
+    figures = result["stages"]["world_model"]
+    assert {"32-true", "bf16-mixed"} <= set(figures) and all(figures[p]["timed_steps"] == 2 for p in ("32-true", "bf16-mixed"))
+    assert figures["faster"] == max(("32-true", "bf16-mixed"), key=lambda p: figures[p]["steps_per_s"])
+    assert figures["bf16_speedup"] == pytest.approx(figures["bf16-mixed"]["steps_per_s"] / figures["32-true"]["steps_per_s"], abs=0.01)
+    with pytest.raises(ValueError, match="unknown stages"):
+        bench_train(["vae"])
+
+
 @pytest.mark.parametrize(
     "ablation",
     [
