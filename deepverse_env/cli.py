@@ -4,6 +4,7 @@
     deepverse bench sim [--out FILE]     simulator throughput at 64x64, as JSON on the last line
     deepverse bench model [--out FILE]   world-model FLOPs, ms per flow step, frames/s, cache speed-up, MFU
     deepverse bench env [--checkpoint DIR] [--dtypes ...] [--out FILE]   DeepVerse-v0 frames/s, single and batched, per dtype
+    deepverse bench train [--stages ...] [--out FILE]                   training steps/s per stage, fp32 and bf16-mixed
     deepverse demo [--checkpoint DIR] [--image PATH] [--actions A,B,..] [--steps N] [--out DIR] [--seed S]
     deepverse eval [--checkpoint DIR] [--seeds A:B] [--frames N] [--out DIR]   rollouts vs the simulator, per horizon
     deepverse eval --compare NAME=DIR ... [--frames N] [--out DIR]   the ablation tables: several checkpoints, one run
@@ -190,6 +191,7 @@ def bench_env(args: argparse.Namespace) -> dict:
     from deepverse_env.learned.world import load_model
     from deepverse_env.sim.env import DeepVerseSimEnv
     from deepverse_env.sim.vector_env import DeepVerseSimVectorEnv
+    from world_model.precision import ENV_DTYPE, choice
 
     model = load_model(args.checkpoint)
     H, W, F, N = model.config.height, model.config.width, model.frames_per_chunk, args.num_envs
@@ -266,6 +268,9 @@ def bench_env(args: argparse.Namespace) -> dict:
     result.update(dtypes[args.dtypes[0]])
     result["dtypes"] = dtypes
     result["fastest_dtype"] = max(dtypes, key=lambda d: dtypes[d]["env_fps"])
+    auto = DeepVerseEnv(checkpoint=model)  # dtype="auto": measured once per machine and model, then cached
+    result["auto_dtype"] = {"dtype": auto.world.dtype, "override": os.environ.get(ENV_DTYPE),
+                            "measured": choice(auto.world.workload(model, auto.world.config))}
     result.update(throughput("sim_", lambda: DeepVerseSimEnv(**size), lambda: DeepVerseSimVectorEnv(N, **size)))
     if args.pose_only:  # the simulator's exact pose-only imagine (no ray-cast), beside the learned one
         M, L = args.pose_only

@@ -1,8 +1,14 @@
 """Shared fixtures: a tiny recorded dataset and a tiny world model (seconds on CPU)."""
+import os
+
 import pytest
 import torch
 
 from world_model.model import DeepVerse, DeepVerseConfig
+
+# dtype="auto" (DeepVerse-v0's default) would measure each tiny model once per machine and could pick bfloat16:
+# tests run float32, the same on every machine; tests of auto itself clear this.
+os.environ.setdefault("DEEPVERSE_DTYPE", "float32")
 
 TINY_DIT = dict(depth=1, width=32, heads=1, head_dim=16, text_dim=16)
 

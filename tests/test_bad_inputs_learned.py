@@ -255,7 +255,7 @@ def test_imagine_in_chunks_is_bounded_and_repeatable(model, monkeypatch):
         ("frames_per_step", 4.0, "an integer >= 1"),
         ("fov_deg", 200, r"a number of degrees in \(0, 180\)"),
         ("fov_deg", "wide", r"a number of degrees in \(0, 180\)"),
-        ("dtype", 16, r"one of \['bfloat16', 'float16', 'float32'\]"),
+        ("dtype", 16, r"'auto' or one of \['bfloat16', 'float16', 'float32'\]"),
     ],
 )
 def test_settings_must_have_their_types(model, name, value, expected):

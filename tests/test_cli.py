@@ -29,7 +29,7 @@ def run(capsys, *argv) -> dict:
 def test_help_lists_commands(capsys):
     commands = subcommands(build_parser())
     assert set(commands) == {"collect", "bench", "demo", "eval", "drift", "agents", "play"}
-    assert set(subcommands(commands["bench"])) == {"sim", "model", "env"}
+    assert set(subcommands(commands["bench"])) == {"sim", "model", "env", "train"}
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
@@ -84,6 +84,7 @@ def test_bench_env(tmp_path, capsys):
     assert set(result["dtypes"]) == {"float32", "bfloat16"}  # both measured in this run, float32 at the top level
     assert result["env_fps"] == result["dtypes"]["float32"]["env_fps"] and result["dtypes"]["bfloat16"]["env_fps"] > 0
     assert result["fastest_dtype"] == max(result["dtypes"], key=lambda d: result["dtypes"][d]["env_fps"])
+    assert result["auto_dtype"]["dtype"] == "float32" and result["auto_dtype"]["override"] == "float32"  # tests pin it
 
 
 def test_bench_env_times_pose_only_imagination_beside_the_simulators(tmp_path, capsys):

@@ -4,6 +4,7 @@ memory, the native vector env, the planner API, SB3, rendering and export.
 Models are untrained and tiny (a weight-free pixel codec and a one-block DiT, one flow step: a few ms
 a chunk), so the checks are about the env, not about what the model has learned.
 """
+import json
 import mmap
 import os
 import warnings
@@ -226,7 +227,7 @@ def test_bad_inputs_raise_clear_errors_and_the_env_stays_usable(model, tmp_path,
         (dict(reward="teleport"), "unknown reward hook 'teleport'"),
         (dict(termination=["collided", "bored"]), "unknown termination hook 'bored'"),
         (dict(frames_per_step=3), "frames_per_step=3 does not match the model's chunk of 4"),
-        (dict(dtype="float8"), "dtype must be one of"),
+        (dict(dtype="float8"), "dtype must be .auto. or one of"),
         (dict(flow_steps=3), r"unknown DeepVerse-v0 argument\(s\) \['flow_steps'\]"),
         (dict(sampler={"steps": 0}), "steps must be a positive integer, got 0"),
         (dict(sampler={"guidance": 2.0}), r"\['guidance'\] are not sampler settings"),
@@ -534,3 +535,38 @@ def test_render_and_point_cloud_export(model, tmp_path, monkeypatch):
     else:
         with pytest.raises(gym.error.DependencyNotInstalled, match="pip install pygame"):
             make(model, render_mode="human")
+
+
+def test_auto_dtype_measures_once_per_machine_and_model_and_caches_the_choice(tmp_path, monkeypatch):
+    import world_model.precision as P
+    from deepverse_env.learned.world import LearnedWorld
+
+    monkeypatch.delenv("DEEPVERSE_DTYPE", raising=False)
+    monkeypatch.setenv("DEEPVERSE_CACHE", str(tmp_path))
+    model = DeepVerse(tiny_config())
+    env = gym.make("DeepVerse-v0", checkpoint=model)  # dtype="auto" is the default
+    chosen = env.unwrapped.world.dtype
+    assert chosen in P.CANDIDATES and env.unwrapped.world.rollout.config.dtype == chosen
+    cache = json.loads((tmp_path / "dtype.json").read_text())
+    (key, entry), = cache.items()
+    assert key.startswith(P.machine()) and entry["dtype"] == chosen and set(entry["seconds"]) == set(P.CANDIDATES)
+    slower = max(entry["seconds"], key=entry["seconds"].get)
+    assert chosen == "float32" or slower == "float32"
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(LearnedWorld, "seconds_per_step", staticmethod(no_measuring))
+    assert gym.make("DeepVerse-v0", checkpoint=model).unwrapped.world.dtype == chosen  # from the cache
+    monkeypatch.setenv("DEEPVERSE_DTYPE", "bfloat16")
+    assert gym.make("DeepVerse-v0", checkpoint=model).unwrapped.world.dtype == "bfloat16"  # the override
+    monkeypatch.setenv("DEEPVERSE_DTYPE", "float64")
+    with pytest.raises(ValueError, match="DEEPVERSE_DTYPE must be one of .* got 'float64'"):
+        gym.make("DeepVerse-v0", checkpoint=model)
+    with pytest.raises(ValueError, match="dtype must be 'auto' or one of"):
+        gym.make("DeepVerse-v0", checkpoint=model, dtype="int8")
+    (tmp_path / "dtype.json").write_text("{not json")  # an unreadable cache: measured again, and rewritten
+    monkeypatch.delenv("DEEPVERSE_DTYPE")
+    assert P.auto_dtype("w", {"float32": 1.0, "bfloat16": 0.5}.get) == "bfloat16"
+    assert P.auto_dtype("v", {"float32": 1.0, "bfloat16": 0.95}.get) == "float32"  # within the margin: exact wins
+    assert set(json.loads((tmp_path / "dtype.json").read_text())) == {f"{P.machine()} | w", f"{P.machine()} | v"}

@@ -121,7 +121,7 @@ class DeepVerseEnv(gym.Env):
     | `fov_deg`         | 75.0      | field of view of the default simulator starts               |
     | `map_points`      | 50000     | points kept of the predicted cloud (map and ``.ply``)       |
     | `device`          | "cpu"     | where the model runs                                        |
-    | `dtype`           | "float32" | "bfloat16" / "float16": autocast compute                    |
+    | `dtype`           | "auto"    | fp32 vs bf16 measured once per machine; or as given         |
     | `carry_decoder`   | True      | decoder state carried across a slide (False: rebuilt)       |
     | `imagine_chunk`   | 16        | candidates per batched rollout of ``imagine`` (peak memory)  |
 

@@ -6,10 +6,13 @@ reward and termination hooks of ``deepverse_env.rewards``, a ``StartLoader`` of 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import operator
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from world_model import geometry as G
 from world_model.flow import SamplerConfig
 from world_model.memory import MemoryConfig
 from world_model.model import DeepVerse, load_pretrained
+from world_model.precision import auto_dtype
 from world_model.rollout import AUTOCAST, Rollout, RolloutConfig
 from world_model.state import frame_keys
 from world_model.text import SENTENCES
@@ -52,7 +56,8 @@ class LearnedEnvConfig:
     fov_deg: float = 75.0  # horizontal field of view of the default simulator starts
     map_points: int = 50_000  # predicted points kept per world (render map, .ply): a uniform sample
     device: str = "cpu"  # where the model runs
-    dtype: str = "float32"  # compute dtype; "bfloat16" / "float16" run the model under torch.autocast
+    dtype: str = "auto"  # compute dtype: "auto" measures float32 against bfloat16 autocast once per machine and model
+                         # (world_model.precision, cached); "float32", "bfloat16" / "float16" (torch.autocast) as given
     carry_decoder: bool = True  # the codec decoder's state carried across a window slide (False: rebuilt, 2x its work)
     imagine_chunk: int = 16  # candidates per batched rollout of imagine: bounds its peak memory (see imagine); 16 is
                              # also the fastest here (256 x 8 steps, bf16, 2 cores: 180 s at 16, 278 s at 64)
@@ -77,7 +82,7 @@ class LearnedEnvConfig:
         if isinstance(fov, (bool, np.bool_)) or not isinstance(fov, (int, float, np.integer, np.floating)) or not 0 < fov < 180:
             raise ValueError(f"fov_deg must be a number of degrees in (0, 180), got {fov!r}")
         if not isinstance(self.dtype, (str, torch.dtype)):
-            raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(AUTOCAST)}, got {self.dtype!r}")
 
 
 def _integer(value, name: str, low: int) -> int:
@@ -208,8 +213,11 @@ class LearnedWorld:
                 "(one step = one chunk); leave it None"
             )
         dtype = str(c.dtype).removeprefix("torch.")
-        if dtype not in AUTOCAST:
-            raise ValueError(f"dtype must be one of {sorted(AUTOCAST)}, got {c.dtype!r}")
+        if dtype not in AUTOCAST and dtype != "auto":
+            raise ValueError(f"dtype must be 'auto' or one of {sorted(AUTOCAST)}, got {c.dtype!r}")
+        if dtype == "auto":  # measured once per machine and model (world_model.precision)
+            dtype = auto_dtype(self.workload(model, c), lambda d: self.seconds_per_step(model, replace(c, dtype=d)))
+        self.dtype = dtype
         if c.starts is not None and not isinstance(c.starts, StartLoader):
             raise ValueError(f"starts must be None or a StartLoader (SimulatorStarts, EpisodeStarts), got {c.starts!r}")
         self.starts = SimulatorStarts(self.H, self.W, c.fov_deg) if c.starts is None else c.starts
@@ -229,6 +237,25 @@ class LearnedWorld:
         self.maps = [WorldMap(c.map_points) for _ in range(self.B)]
         self.scene_seeds = np.full(self.B, -1, dtype=np.int64)  # simulator world of each start, -1 = not known
         self.hooks = Hooks(c.reward, c.termination)  # replaceable: a task installs its own per episode
+
+    @staticmethod
+    def workload(model: DeepVerse, config: LearnedEnvConfig) -> str:
+        """What ``dtype="auto"`` measures: one step of one world of this model (its config's digest) in these
+        settings."""
+        digest = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        return (f"DeepVerse-v0 step, one world, {model.config.height}x{model.config.width}, model {digest}, "
+                f"render_cache {config.render_cache}, device {config.device}")
+
+    @staticmethod
+    def seconds_per_step(model: DeepVerse, config: LearnedEnvConfig, steps: int = 2) -> float:
+        """Seconds a step of one world takes in ``config.dtype`` (after one step of warm-up)."""
+        world = LearnedWorld(model, 1, replace(config, reward=None, termination=None))
+        world.start(np.ones(1, dtype=bool), seeds=[0])
+        world.step(np.zeros(1, dtype=np.int64))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            world.step(np.zeros(1, dtype=np.int64))
+        return (time.perf_counter() - t0) / steps
 
     # ---- hooks -----------------------------------------------------------------------------------
 
