@@ -228,7 +228,7 @@ def cli_main(args: list[str] | None = None) -> None:
             "description": "Train the DeepVerse world model (configs/). Also `deepverse-train export --ckpt CKPT "
             f"--out DIR [--raw]` writes {EXPORT_HELP} Also {RESUME_HELP}"
         },
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # LightningCLI reads sys.argv itself (and warns if given both)
     )
 
 
