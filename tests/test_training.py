@@ -473,7 +473,7 @@ def test_cli_resume_carries_a_run_across_fresh_clones(data_dir, tmp_path, monkey
     with pytest.raises(ValueError, match="minutes must be a number > 0"):
         cli(monkeypatch, *base, "--resume", "long", "--session.minutes", "0")
     before = (folder / "manifest.json").read_text()
-    part = folder / manifest["parts"][0]["name"]
+    part = folder / json.loads(before)["parts"][0]["name"]  # the step-3 commit's parts (step 2's are gone)
     part.write_bytes(b"x" + part.read_bytes()[1:])  # one byte changed: the checksum catches it
     shutil.rmtree(tmp_path / "runs")
     with pytest.raises(SystemExit, match="do not add up to the checkpoint"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import typing
@@ -34,7 +33,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from world_model.datamodule import DeepVerseDataModule
 from world_model.flow import SamplerConfig
 from world_model.lit_module import TrainingModule, export_pretrained
-from world_model.resume import RandomState, StopAfter, commit_checkpoint, restore_run
+from world_model.resume import MANIFEST, RandomState, StopAfter, commit_checkpoint, read_manifest, restore_run
 
 STORED_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}  # export --dtype
 EXPORT_HELP = (
@@ -196,10 +195,10 @@ def resume_args(argv: list[str], committed: str = "checkpoints", runs: str = "ru
         raise ValueError(f"--resume {name} sets the run directory and checkpoint itself; do not give {clashes[0].split('=')[0]} with it")
     folder, root = os.path.join(committed, name), os.path.join(runs, name)
     extra = ["--trainer.default_root_dir", root, "--checkpoint.commit_to", folder]
-    if os.path.exists(os.path.join(folder, "manifest.json")):
+    if os.path.exists(os.path.join(folder, MANIFEST)):
         last = os.path.join(_checkpoint_dir(root), "last.ckpt")
-        step = json.loads(open(os.path.join(folder, "manifest.json")).read()).get("step")
-        local = torch.load(last, map_location="cpu", weights_only=True)["global_step"] if os.path.exists(last) else -1
+        step = read_manifest(folder).get("step")
+        local = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"] if os.path.exists(last) else -1
         if step is None or local < step:
             manifest = restore_run(folder, last)
             print(f"resuming {name} from {folder} (step {manifest['step']})", file=sys.stderr)

@@ -26,17 +26,17 @@ ENV_DTYPE, ENV_CACHE = "DEEPVERSE_DTYPE", "DEEPVERSE_CACHE"
 
 def machine() -> str:
     """What a measured choice holds for: the CPU (model name and a digest of its flags), torch, the threads."""
-    cpu, flags = platform.processor() or platform.machine(), ""
+    info = {}  # the first processor's entries of /proc/cpuinfo
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu in ("", platform.processor() or platform.machine()):
-                cpu = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = hashlib.sha1(value.strip().encode()).hexdigest()[:10]
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{cpu} | flags {flags or '?'} | torch {torch.__version__} | threads {torch.get_num_threads()}"
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    flags = info.get("flags") or info.get("Features")
+    digest = hashlib.sha1(flags.encode()).hexdigest()[:10] if flags else "?"
+    return f"{cpu} | flags {digest} | torch {torch.__version__} | threads {torch.get_num_threads()}"
 
 
 def cache_path() -> Path:

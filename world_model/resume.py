@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,58 +165,69 @@ class StopAfter(Callback):
             trainer.should_stop = True
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def commit_checkpoint(ckpt: str | Path, folder: str | Path, step: int | None = None) -> Path:
     """Write checkpoint ``ckpt`` into ``folder`` as parts of at most ``PART_BYTES`` and ``manifest.json`` (the
-    parts' names, sizes, the whole file's SHA-256 and step). The manifest is written last, by rename: a folder whose
-    parts are half rewritten still names the old checksum, and ``restore_run`` refuses it instead of loading it."""
+    parts' names, sizes, the whole file's SHA-256 and step), in one read of ``ckpt``. The parts are named after the
+    checksum and the manifest is replaced last, by rename, before the old parts go: at every moment the manifest
+    names a complete set of parts, so a commit cut off half-way leaves the previous one whole."""
     ckpt, folder = Path(ckpt), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    parts = []
+    h, written = hashlib.sha256(), []
     with open(ckpt, "rb") as f:
         for i, block in enumerate(iter(lambda: f.read(PART_BYTES), b"")):
-            name = f"last.ckpt.part{i:03d}"
-            tmp = folder / f".{name}.tmp"
+            h.update(block)
+            tmp = folder / f".part{i:03d}.tmp"
             tmp.write_bytes(block)
-            os.replace(tmp, folder / name)
-            parts.append({"name": name, "bytes": len(block)})
-    for old in folder.glob("last.ckpt.part*"):  # a shrunken checkpoint leaves no stale parts behind
-        if old.name not in {p["name"] for p in parts}:
-            old.unlink()
-    manifest = {"file": "last.ckpt", "sha256": _sha256(ckpt), "bytes": ckpt.stat().st_size, "step": step, "parts": parts}
+            written.append((tmp, len(block)))
+    digest = h.hexdigest()
+    parts = []
+    for i, (tmp, size) in enumerate(written):
+        name = f"last.ckpt.{digest[:12]}.part{i:03d}"
+        os.replace(tmp, folder / name)
+        parts.append({"name": name, "bytes": size})
+    manifest = {"file": "last.ckpt", "sha256": digest, "bytes": sum(p["bytes"] for p in parts), "step": step,
+                "parts": parts}
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     os.replace(tmp, folder / MANIFEST)
+    kept = {p["name"] for p in parts}
+    for old in folder.glob("last.ckpt.*part*"):  # the previous commit's parts, now named by no manifest
+        if old.name not in kept:
+            old.unlink()
     return folder
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The ``manifest.json`` of a committed run; ValueError if ``folder`` holds none that can be read."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if not isinstance(manifest["sha256"], str) or not all(
+            isinstance(p["name"], str) and int(p["bytes"]) >= 0 for p in manifest["parts"]
+        ):
+            raise ValueError("a part or the checksum is malformed")
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{folder} holds no committed run ({MANIFEST} unreadable: {e})") from None
 
 
 def restore_run(folder: str | Path, ckpt: str | Path) -> dict:
     """Put the committed checkpoint of ``folder`` back together as ``ckpt``; returns its manifest. ValueError if a
     part is missing or the whole does not match its SHA-256 (``ckpt`` is then left as it was)."""
     folder, ckpt = Path(folder), Path(ckpt)
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        parts = [(folder / p["name"], int(p["bytes"])) for p in manifest["parts"]]
-        want = manifest["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{folder} holds no committed run ({MANIFEST} unreadable: {e})") from None
+    manifest = read_manifest(folder)
+    parts = [(folder / p["name"], int(p["bytes"])) for p in manifest["parts"]]
     for path, size in parts:
         if not path.is_file() or path.stat().st_size != size:
             raise ValueError(f"{path} is missing or not {size} bytes: the committed run in {folder} is incomplete")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_name(f".{ckpt.name}.tmp")
+    tmp, h = ckpt.with_name(f".{ckpt.name}.tmp"), hashlib.sha256()
     with open(tmp, "wb") as out:
         for path, _ in parts:
-            with open(path, "rb") as f:
-                shutil.copyfileobj(f, out)
-    if _sha256(tmp) != want:
+            block = path.read_bytes()
+            h.update(block)
+            out.write(block)
+    if h.hexdigest() != manifest["sha256"]:
         tmp.unlink()
         raise ValueError(f"the parts in {folder} do not add up to the checkpoint its {MANIFEST} names (SHA-256 differs)")
     os.replace(tmp, ckpt)
